@@ -11,7 +11,10 @@ from wsimm.slide._base import MPP_RANGE, Slide, SlideInfo, as_rgb_uint8
 from wsimm.slide._open import (
     BACKENDS,
     SLIDE_SUFFIXES,
+    InspectResult,
     clear_cache,
+    find_slides,
+    inspect_slides,
     is_url,
     list_backends,
     open_slide,
@@ -20,12 +23,15 @@ from wsimm.slide._open import (
 
 __all__ = [
     "BACKENDS",
+    "InspectResult",
     "MPP_RANGE",
     "SLIDE_SUFFIXES",
     "Slide",
     "SlideInfo",
     "as_rgb_uint8",
     "clear_cache",
+    "find_slides",
+    "inspect_slides",
     "is_url",
     "list_backends",
     "open_slide",

@@ -5,14 +5,31 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
-from wsimm.errors import ConfigError, SlideNotFoundError, SlideReadError, UnsupportedSlideError
+from wsimm.errors import (
+    ConfigError,
+    SlideNotFoundError,
+    SlideReadError,
+    UnsupportedSlideError,
+    WsimmError,
+)
 from wsimm.slide import _openslide
-from wsimm.slide._base import Slide
+from wsimm.slide._base import Slide, SlideInfo
 from wsimm.slide._tiffslide import TiffSlideSlide
 
-__all__ = ["BACKENDS", "clear_cache", "is_url", "list_backends", "open_slide", "open_slide_cached"]
+__all__ = [
+    "BACKENDS",
+    "SLIDE_SUFFIXES",
+    "clear_cache",
+    "InspectResult",
+    "find_slides",
+    "inspect_slides",     "is_url",
+    "list_backends",
+    "open_slide",
+    "open_slide_cached",
+]
 
 #: Backend name -> class, in order of preference for local files.
 BACKENDS: dict[str, type[Slide]] = {
@@ -187,3 +204,89 @@ def open_slide_cached(
 def clear_cache() -> None:
     """Close every cached reader."""
     _CACHE.clear()
+
+
+def _is_dicom_dir(q: Path) -> bool:
+    """A folder whose (non-hidden) files are all DICOM instances: one DICOM slide."""
+    files = [c for c in q.iterdir() if c.is_file() and not c.name.startswith(".")]
+    return bool(files) and all(c.suffix.lower() == ".dcm" for c in files)
+
+
+def find_slides(paths: list[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[str]:
+    """Expand files and folders into a sorted list of slide paths.
+
+    A folder of DICOM instances is one slide; any other folder contributes its files with a
+    slide suffix (see :data:`SLIDE_SUFFIXES`) and its DICOM sub-folders, not recursing
+    further. URLs pass through. A path that does not exist raises
+    :class:`SlideNotFoundError`.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[str] = []
+    for raw in paths:
+        p = os.fspath(raw)
+        if is_url(p):
+            out.append(p)
+            continue
+        q = Path(p)
+        if not q.exists():
+            raise SlideNotFoundError(f"{p}: no such file or folder; check the path")
+        if q.is_file():
+            out.append(str(q))
+            continue
+        if _is_dicom_dir(q):
+            out.append(str(q))
+            continue
+        found = []
+        for c in sorted(q.iterdir()):
+            if c.is_file() and c.suffix.lower() in SLIDE_SUFFIXES:
+                found.append(str(c))
+            elif c.is_dir() and _is_dicom_dir(c):
+                found.append(str(c))
+        if not found:
+            raise SlideNotFoundError(
+                f"{p}: folder holds no slide files ({', '.join(SLIDE_SUFFIXES)})"
+            )
+        out.extend(found)
+    seen: set[str] = set()
+    return [x for x in out if not (x in seen or seen.add(x))]
+
+
+@dataclass(frozen=True)
+class InspectResult:
+    """Outcome of reading one slide's metadata: ``info`` or a one-line ``error``."""
+
+    path: str
+    info: SlideInfo | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def inspect_slides(
+    paths: list[str | os.PathLike[str]] | str | os.PathLike[str],
+    *,
+    backend: str = "auto",
+    mpp: float | None = None,
+) -> list[InspectResult]:
+    """Read the metadata of every slide under ``paths`` (files or folders).
+
+    A slide that cannot be read gives an :class:`InspectResult` with its one-line error
+    instead of stopping the others.
+    """
+    out: list[InspectResult] = []
+    for raw in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        try:
+            items = find_slides(raw)
+        except WsimmError as e:
+            out.append(InspectResult(os.fspath(raw), error=str(e)))
+            continue
+        for p in items:
+            try:
+                with open_slide(p, backend=backend, mpp=mpp) as s:
+                    out.append(InspectResult(p, info=s.info()))
+            except WsimmError as e:
+                out.append(InspectResult(p, error=str(e)))
+    return out

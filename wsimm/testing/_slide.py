@@ -14,6 +14,7 @@ bounded RSS.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterator
@@ -207,6 +208,27 @@ def _render_atlas(
     return np.clip(base, 0, 255).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=4)
+def _level0_atlases(mpp: float) -> tuple[np.ndarray, np.ndarray]:
+    """Stroma and tumour textures at ``mpp``; a fixed texture seed, so they are cached."""
+    rng = np.random.default_rng(20240611)
+    stroma = _render_atlas(
+        rng, _ATLAS_PX, mpp, cytoplasm=(232, 165, 198), nucleus=(92, 58, 140),
+        radius_um=2.6, spacing_um2=140.0, darkness=1.0,
+    )  # fmt: skip
+    tumour = _render_atlas(
+        rng, _ATLAS_PX, mpp, cytoplasm=(205, 140, 190), nucleus=(70, 38, 118),
+        radius_um=4.0, spacing_um2=65.0, darkness=1.3,
+    )  # fmt: skip
+    return stroma, tumour
+
+
+@functools.lru_cache(maxsize=16)
+def _atlases(mpp: float, d: int) -> dict[str, np.ndarray]:
+    stroma, tumour = _level0_atlases(mpp)
+    return {f"stroma{d}": _downsample_atlas(stroma, d), f"tumour{d}": _downsample_atlas(tumour, d)}
+
+
 def _downsample_atlas(atlas: np.ndarray, d: int) -> np.ndarray:
     if d == 1:
         return atlas
@@ -256,7 +278,10 @@ class _Renderer:
         mask_ds: int,
         pen_colours: list[np.ndarray],
         tile: int,
+        *,
+        offset: int = 0,
     ) -> None:
+        self.offset = offset
         self.masks = {k: v.astype(np.float32) for k, v in masks.items() if k != "pen_colour"}
         # per-colour pen alpha masks
         pc = masks["pen_colour"]
@@ -285,8 +310,9 @@ class _Renderer:
         atlas = self.atlases[f"{kind}{d}"]
         n = atlas.shape[0]
         t = self.tile
-        rows = (y + np.arange(t)) % n
-        cols = (x + np.arange(t)) % n
+        o = self.offset // d
+        rows = (y + o + np.arange(t)) % n
+        cols = (x + o + np.arange(t)) % n
         return atlas[rows][:, cols].astype(np.float32)
 
     def render(self, d: int, x: int, y: int) -> np.ndarray:
@@ -397,8 +423,8 @@ def write_synthetic_slide(
             raise ConfigError(f"unknown pen colour {c!r}; choose from {', '.join(_PEN_COLOURS)}")
     if tile_size % 16:
         raise ConfigError(f"tile_size must be a multiple of 16, got {tile_size}")
-    if _ATLAS_PX % mask_downsample and mask_downsample % 2:
-        raise ConfigError(f"mask_downsample must be even, got {mask_downsample}")
+    if mask_downsample < 1:
+        raise ConfigError(f"mask_downsample must be >= 1, got {mask_downsample}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -416,23 +442,13 @@ def write_synthetic_slide(
     downsamples = [1]
     while max(width, height) / (downsamples[-1] * 4) >= min_level_size and downsamples[-1] < 256:
         downsamples.append(downsamples[-1] * 4)
-    stroma = _render_atlas(
-        rng, _ATLAS_PX, mpp, cytoplasm=(232, 165, 198), nucleus=(92, 58, 140),
-        radius_um=2.6, spacing_um2=140.0, darkness=1.0,
-    )  # fmt: skip
-    tumour = _render_atlas(
-        rng, _ATLAS_PX, mpp, cytoplasm=(205, 140, 190), nucleus=(70, 38, 118),
-        radius_um=4.0, spacing_um2=65.0, darkness=1.3,
-    )  # fmt: skip
-    atlases: dict[str, np.ndarray] = {}
-    for d in downsamples + [max(downsamples) * 4]:
-        if _ATLAS_PX % d == 0:
-            atlases[f"stroma{d}"] = _downsample_atlas(stroma, d)
-            atlases[f"tumour{d}"] = _downsample_atlas(tumour, d)
-    del stroma, tumour
+    atlases = {k: v for d in downsamples for k, v in _atlases(mpp, d).items()}
+    # each slide starts at its own place in the periodic texture (aligned to every level)
+    offset = int(rng.integers(0, _ATLAS_PX // 256)) * 256
     renderer = _Renderer(
-        masks, atlases, mask_downsample, [_PEN_COLOURS[c] for c in pen_marks], tile_size
-    )
+        masks, atlases, mask_downsample, [_PEN_COLOURS[c] for c in pen_marks], tile_size,
+        offset=offset,
+    )  # fmt: skip
 
     # The smallest level is tiny: render it into memory for the thumbnail and macro images.
     dmin = downsamples[-1]

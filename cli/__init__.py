@@ -1,0 +1,1 @@
+"""The ``wsimm`` command line (installed as ``wsimm_cli``)."""

@@ -1,0 +1,66 @@
+"""wsimm: whole-slide pathology and multi-omics multiple-instance learning.
+
+The public API is lazy: ``import wsimm`` loads nothing heavy (no torch, torch_geometric or
+scanpy); each name below is imported from its stage the first time it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from wsimm._version import __version__
+
+#: public name -> module that defines it
+_LAZY_IMPORTS: dict[str, str] = {
+    # slide
+    "open_slide": "wsimm.slide",
+    "Slide": "wsimm.slide",
+    "SlideInfo": "wsimm.slide",
+    "find_slides": "wsimm.slide",
+    # testing
+    "write_synthetic_slide": "wsimm.testing",
+    "make_cohort": "wsimm.testing",
+    # errors
+    "WsimmError": "wsimm.errors",
+    "ConfigError": "wsimm.errors",
+    "SlideNotFoundError": "wsimm.errors",
+    "SlideReadError": "wsimm.errors",
+    "UnsupportedSlideError": "wsimm.errors",
+    "MissingMPPError": "wsimm.errors",
+    "MissingDependencyError": "wsimm.errors",
+}
+
+#: subpackages reachable as attributes (``wsimm.slide``)
+_SUBMODULES = ("errors", "slide", "testing")
+
+__all__ = ["__version__", *sorted(_LAZY_IMPORTS), *_SUBMODULES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_IMPORTS:
+        value = getattr(importlib.import_module(_LAZY_IMPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"wsimm.{name}")
+    raise AttributeError(f"module 'wsimm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from wsimm import errors, slide, testing
+    from wsimm.errors import (
+        ConfigError,
+        MissingDependencyError,
+        MissingMPPError,
+        SlideNotFoundError,
+        SlideReadError,
+        UnsupportedSlideError,
+        WsimmError,
+    )
+    from wsimm.slide import Slide, SlideInfo, find_slides, open_slide
+    from wsimm.testing import make_cohort, write_synthetic_slide

@@ -1,0 +1,310 @@
+"""Synthetic multi-modal cohorts with known ground truth.
+
+Each patient has three latent factors, one per modality: ``z_slide`` (carried by a small
+fraction of the tiles of their slides), ``z_omics`` (carried by the expression, copy number and
+mutations of a few gene groups) and ``z_clinical`` (carried by age and stage). The true risk is
+their weighted sum; survival times, censoring and grades are drawn from it. Models can therefore
+be checked against the true risk, and fusion against each single modality.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from wsimm.errors import ConfigError
+
+__all__ = ["Cohort", "make_cohort"]
+
+ASSAYS = ("rnaseq", "cnv", "mut")
+
+
+@dataclass
+class Cohort:
+    """A synthetic cohort.
+
+    Attributes
+    ----------
+    labels
+        One row per slide (``patient_id``, ``slide_id``, ``grade``, ``time``, ``event``); a
+        patient without slides has one row with an empty ``slide_id``. ``event = 1`` means the
+        event was observed.
+    patients
+        One row per patient with the ground truth: latent factors, ``risk``, ``grade``,
+        ``time``, ``event``, ``has_slide``, ``has_omics``.
+    clinical
+        ``patient_id``, ``age`` (numeric), ``sex`` and ``stage`` (categorical).
+    omics
+        Wide table, one row per patient with omics, columns ``<GENE>_<assay>``.
+    gene_groups
+        Group name -> gene names.
+    bags
+        Slide id -> ``(n_tiles, feature_dim)`` float16 features (``slides="bags"``).
+    tile_signal
+        Slide id -> boolean per tile, True where the tile carries the slide signal.
+    slide_paths
+        Slide id -> written slide file (``slides="files"``).
+    """
+
+    labels: pd.DataFrame
+    patients: pd.DataFrame
+    clinical: pd.DataFrame
+    omics: pd.DataFrame
+    gene_groups: dict[str, list[str]]
+    bags: dict[str, np.ndarray] = field(default_factory=dict)
+    tile_signal: dict[str, np.ndarray] = field(default_factory=dict)
+    slide_paths: dict[str, Path] = field(default_factory=dict)
+    seed: int = 0
+
+    def omics_anndata(self) -> Any:
+        """The omics as an AnnData (obs = patients, var = genes of one assay, one layer per
+        assay; ``X`` is the expression). Needs ``anndata``."""
+        try:
+            import anndata as ad
+        except ImportError as e:  # pragma: no cover - environment dependent
+            from wsimm.errors import MissingDependencyError
+
+            raise MissingDependencyError("anndata", extra="scanpy", feature="omics AnnData") from e
+        genes = sorted({c.rsplit("_", 1)[0] for c in self.omics.columns})
+        obs = pd.DataFrame(index=self.omics.index.astype(str))
+        obs.index.name = "patient_id"
+        layers = {
+            a: self.omics[[f"{g}_{a}" for g in genes]].to_numpy(np.float32) for a in ASSAYS
+        }
+        var = pd.DataFrame(index=genes)
+        var["group"] = [
+            ",".join(k for k, v in self.gene_groups.items() if g in v) for g in genes
+        ]
+        return ad.AnnData(X=layers["rnaseq"].copy(), obs=obs, var=var, layers=layers)
+
+    def save(self, directory: str | os.PathLike[str]) -> dict[str, Path]:
+        """Write the tables (``labels.csv``, ``clinical.csv``, ``omics.csv``,
+        ``gene_groups.csv``, ``truth.csv``, and ``omics.h5ad`` when anndata is installed);
+        return name -> path."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        out = {
+            "labels": d / "labels.csv",
+            "clinical": d / "clinical.csv",
+            "omics": d / "omics.csv",
+            "gene_groups": d / "gene_groups.csv",
+            "truth": d / "truth.csv",
+        }
+        self.labels.to_csv(out["labels"], index=False)
+        self.clinical.to_csv(out["clinical"], index=False)
+        self.omics.to_csv(out["omics"], index_label="patient_id")
+        rows = [(g, gene) for g, genes in self.gene_groups.items() for gene in genes]
+        pd.DataFrame(rows, columns=["group", "gene"]).to_csv(out["gene_groups"], index=False)
+        self.patients.to_csv(out["truth"], index=False)
+        try:
+            import anndata  # noqa: F401
+        except ImportError:
+            return out
+        out["omics_h5ad"] = d / "omics.h5ad"
+        self.omics_anndata().write_h5ad(out["omics_h5ad"])
+        return out
+
+
+def make_cohort(
+    n_patients: int = 200,
+    *,
+    seed: int = 0,
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    n_grades: int = 3,
+    slides: str | None = "bags",
+    slide_dir: str | os.PathLike[str] | None = None,
+    feature_dim: int = 64,
+    tiles_per_slide: tuple[int, int] = (200, 600),
+    signal_fraction: float = 0.05,
+    signal_strength: float = 3.0,
+    slide_nuisance: float = 0.5,
+    p_no_slide: float = 0.1,
+    p_multi_slide: float = 0.25,
+    p_no_omics: float = 0.1,
+    n_gene_groups: int = 6,
+    genes_per_group: int = 15,
+    censoring: float = 0.4,
+    slide_size: tuple[int, int] = (3072, 2304),
+    slide_mpp: float = 0.5,
+) -> Cohort:
+    """Make a deterministic synthetic cohort whose outcome signal is split across modalities.
+
+    Parameters
+    ----------
+    n_patients
+        Number of patients.
+    weights
+        Weights of the slide, omics and clinical latent factors in the true risk.
+    n_grades
+        Number of grade classes (0 .. n_grades-1), cut from the risk at equal quantiles with
+        noise.
+    slides
+        ``"bags"`` for ready-made feature bags, ``"files"`` to write synthetic slide files to
+        ``slide_dir`` (tumour area grows with ``z_slide``), or ``None`` for no slides at all.
+    feature_dim, tiles_per_slide, signal_fraction, signal_strength, slide_nuisance
+        Feature bags: tiles are standard normal; a patient's signal tiles (on average
+        ``signal_fraction`` of a slide, more for higher ``z_slide``) are shifted by
+        ``signal_strength`` along a fixed direction; every slide also gets a random offset of
+        scale ``slide_nuisance`` (stain/scanner batch effect), which hurts mean pooling more
+        than attention.
+    p_no_slide, p_multi_slide, p_no_omics
+        Missing and repeated modalities.
+    censoring
+        Target fraction of censored patients.
+    """
+    if n_patients < 4:
+        raise ConfigError(f"make_cohort needs at least 4 patients, got {n_patients}")
+    if slides not in ("bags", "files", None):
+        raise ConfigError(f"slides must be 'bags', 'files' or None, got {slides!r}")
+    if slides == "files" and slide_dir is None:
+        raise ConfigError("make_cohort(slides='files') needs slide_dir")
+    rng = np.random.default_rng(seed)
+    n = n_patients
+    pids = [f"P{i:04d}" for i in range(n)]
+    z = rng.standard_normal((n, 3))
+    w = np.asarray(weights, np.float64)
+    risk = z @ w
+
+    # survival: exponential with hazard exp(risk); uniform censoring tuned to the target rate
+    base = 1.0 / 30.0  # months
+    t_event = rng.exponential(1.0 / (base * np.exp(risk)))
+    event = np.ones(n, bool)
+    if censoring > 0:
+        lo, hi = 1e-3, float(np.quantile(t_event, 0.999)) * 50
+        u = rng.uniform(size=n)
+        for _ in range(60):  # bisect the censoring horizon for the target rate
+            mid = (lo + hi) / 2
+            if np.mean(u * mid < t_event) > censoring:
+                lo = mid
+            else:
+                hi = mid
+        c = u * hi
+        event = t_event <= c
+        time = np.minimum(t_event, c)
+    else:
+        time = t_event
+    time = np.round(np.maximum(time, 0.05), 2)
+
+    noisy = risk + rng.normal(0, 0.3 * np.std(risk), n)
+    cuts = np.quantile(noisy, np.linspace(0, 1, n_grades + 1)[1:-1])
+    grade = np.searchsorted(cuts, noisy)
+
+    # clinical: age and stage carry z_clinical; sex is noise
+    zc = z[:, 2]
+    age = np.round(62 + 8 * zc + rng.normal(0, 4, n)).astype(int)
+    stage_score = zc + rng.normal(0, 0.5, n)
+    stage = np.array(["I", "II", "III", "IV"])[
+        np.searchsorted(np.quantile(stage_score, [0.25, 0.5, 0.75]), stage_score)
+    ]
+    clinical = pd.DataFrame(
+        {
+            "patient_id": pids,
+            "age": age,
+            "sex": rng.choice(["female", "male"], n),
+            "stage": stage,
+        }
+    )
+
+    # omics: two signal groups per assay direction, the rest noise
+    groups = [f"GROUP{g + 1}" for g in range(n_gene_groups)]
+    gene_groups: dict[str, list[str]] = {}
+    gi = 0
+    for g in groups:
+        gene_groups[g] = [f"G{gi + k:04d}" for k in range(genes_per_group)]
+        gi += genes_per_group - 2  # neighbouring groups share two genes
+    genes = sorted({x for v in gene_groups.values() for x in v})
+    signal_genes = set(gene_groups[groups[0]]) | set(gene_groups[groups[1 % n_gene_groups]])
+    zo = z[:, 1]
+    cols: dict[str, np.ndarray] = {}
+    for gname in genes:
+        loading = rng.uniform(0.6, 1.0) * rng.choice([-1, 1]) if gname in signal_genes else 0.0
+        cols[f"{gname}_rnaseq"] = loading * zo + rng.normal(0, 1, n)
+        cols[f"{gname}_cnv"] = np.round(0.5 * loading * zo + rng.normal(0, 0.7, n)).clip(-2, 2)
+        p = 1 / (1 + np.exp(-(-2.5 + 1.2 * abs(loading) * zo)))
+        cols[f"{gname}_mut"] = (rng.uniform(size=n) < p).astype(float)
+    omics_all = pd.DataFrame(cols, index=pd.Index(pids, name="patient_id"))
+    has_omics = rng.uniform(size=n) >= p_no_omics
+    omics = omics_all.loc[has_omics].astype(np.float32)
+
+    # slides
+    n_slides = np.where(
+        rng.uniform(size=n) < p_no_slide,
+        0,
+        np.where(rng.uniform(size=n) < p_multi_slide, rng.integers(2, 4, n), 1),
+    )
+    if slides is None:
+        n_slides[:] = 0
+    direction = rng.standard_normal(feature_dim)
+    direction /= np.linalg.norm(direction)
+    zs = z[:, 0]
+    strength = 2 * _norm_cdf(zs)  # 0..2, mean 1
+    rows = []
+    bags: dict[str, np.ndarray] = {}
+    tile_signal: dict[str, np.ndarray] = {}
+    slide_paths: dict[str, Path] = {}
+    for i, pid in enumerate(pids):
+        if n_slides[i] == 0:
+            rows.append((pid, "", grade[i], time[i], int(event[i])))
+            continue
+        for k in range(n_slides[i]):
+            sid = f"{pid}-S{k + 1}"
+            rows.append((pid, sid, grade[i], time[i], int(event[i])))
+            if slides == "bags":
+                nt = int(rng.integers(tiles_per_slide[0], tiles_per_slide[1] + 1))
+                frac = min(1.0, signal_fraction * strength[i])
+                sig = rng.uniform(size=nt) < frac
+                x = rng.standard_normal((nt, feature_dim))
+                x += slide_nuisance * rng.standard_normal(feature_dim)
+                x[sig] += signal_strength * direction
+                bags[sid] = x.astype(np.float16)
+                tile_signal[sid] = sig
+            elif slides == "files":
+                from wsimm.testing._slide import write_synthetic_slide
+
+                assert slide_dir is not None
+                p = Path(slide_dir) / f"{sid}.svs"
+                write_synthetic_slide(
+                    p,
+                    width=slide_size[0],
+                    height=slide_size[1],
+                    seed=seed * 100003 + i * 7 + k,
+                    mpp=slide_mpp,
+                    tumour_fraction=float(np.clip(0.05 + 0.25 * strength[i], 0.02, 0.6)),
+                )
+                slide_paths[sid] = p
+    labels = pd.DataFrame(rows, columns=["patient_id", "slide_id", "grade", "time", "event"])
+    patients = pd.DataFrame(
+        {
+            "patient_id": pids,
+            "z_slide": zs,
+            "z_omics": zo,
+            "z_clinical": zc,
+            "risk": risk,
+            "grade": grade,
+            "time": time,
+            "event": event.astype(int),
+            "n_slides": n_slides,
+            "has_omics": has_omics,
+        }
+    )
+    return Cohort(
+        labels=labels,
+        patients=patients,
+        clinical=clinical,
+        omics=omics,
+        gene_groups=gene_groups,
+        bags=bags,
+        tile_signal=tile_signal,
+        slide_paths=slide_paths,
+        seed=seed,
+    )
+
+
+def _norm_cdf(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
