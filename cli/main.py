@@ -63,9 +63,7 @@ def info(
 
     results = inspect_slides([str(s) for s in slides], backend=backend, mpp=slide_mpp)
     if json_out:
-        rows = [
-            r.info.to_dict() if r.info else {"path": r.path, "error": r.error} for r in results
-        ]
+        rows = [r.info.to_dict() if r.info else {"path": r.path, "error": r.error} for r in results]
         typer.echo(json.dumps(rows, indent=1))
     else:
         _print_info_table(results)

@@ -23,9 +23,9 @@ from wsimm.slide._open import (
 
 __all__ = [
     "BACKENDS",
-    "InspectResult",
     "MPP_RANGE",
     "SLIDE_SUFFIXES",
+    "InspectResult",
     "Slide",
     "SlideInfo",
     "as_rgb_uint8",

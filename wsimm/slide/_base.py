@@ -297,7 +297,7 @@ class Slide(ABC):
         lx0, ly0 = x / ds, y / ds
         ix0, iy0 = max(0, math.floor(lx0)), max(0, math.floor(ly0))
         ix1, iy1 = min(lw, math.floor(lx0) + w), min(lh, math.floor(ly0) + h)
-        inside = (lx0 >= 0 and ly0 >= 0 and lx0 + w <= lw and ly0 + h <= lh)
+        inside = lx0 >= 0 and ly0 >= 0 and lx0 + w <= lw and ly0 + h <= lh
         if inside:
             return as_rgb_uint8(self._read((x, y), level, (w, h)))
         out = np.full((h, w, 3), 255, np.uint8)
@@ -305,9 +305,7 @@ class Slide(ABC):
             return out
         px, py = ix0 - math.floor(lx0), iy0 - math.floor(ly0)
         part = as_rgb_uint8(
-            self._read(
-                (round(ix0 * ds), round(iy0 * ds)), level, (ix1 - ix0, iy1 - iy0)
-            )
+            self._read((round(ix0 * ds), round(iy0 * ds)), level, (ix1 - ix0, iy1 - iy0))
         )
         out[py : py + part.shape[0], px : px + part.shape[1]] = part
         return out
@@ -335,8 +333,7 @@ class Slide(ABC):
         level = self.get_best_level_for_downsample(downsample)
         lds = self.level_downsamples[level]
         lw, lh = self.level_dimensions[level]
-        # scale from level pixels to output pixels
-        sx, sy = lw / ow, lh / oh
+        sy = lh / oh  # level rows per output row
         out = np.empty((oh, ow, 3), np.uint8)
         rows_per_strip = max(1, int(strip_px / sy))
         for r0 in range(0, oh, rows_per_strip):
@@ -372,7 +369,10 @@ class Slide(ABC):
         return (_reopen, (self.path, self.backend, self._mpp_override))
 
     def __repr__(self) -> str:
-        w, h = self.dimensions
+        try:
+            w, h = self.dimensions
+        except (AttributeError, IndexError):
+            return f"<{type(self).__name__} {self.path!r} (not open)>"
         mpp = f"{self.mpp:.4g}" if self.mpp else "?"
         return f"<{type(self).__name__} {os.path.basename(self.path)!r} {w}x{h} mpp={mpp}>"
 

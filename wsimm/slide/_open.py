@@ -22,10 +22,11 @@ from wsimm.slide._tiffslide import TiffSlideSlide
 __all__ = [
     "BACKENDS",
     "SLIDE_SUFFIXES",
-    "clear_cache",
     "InspectResult",
+    "clear_cache",
     "find_slides",
-    "inspect_slides",     "is_url",
+    "inspect_slides",
+    "is_url",
     "list_backends",
     "open_slide",
     "open_slide_cached",
@@ -239,9 +240,8 @@ def find_slides(paths: list[str | os.PathLike[str]] | str | os.PathLike[str]) ->
             continue
         found = []
         for c in sorted(q.iterdir()):
-            if c.is_file() and c.suffix.lower() in SLIDE_SUFFIXES:
-                found.append(str(c))
-            elif c.is_dir() and _is_dicom_dir(c):
+            is_slide_file = c.is_file() and c.suffix.lower() in SLIDE_SUFFIXES
+            if is_slide_file or (c.is_dir() and _is_dicom_dir(c)):
                 found.append(str(c))
         if not found:
             raise SlideNotFoundError(

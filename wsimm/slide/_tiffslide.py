@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 from typing import Any
@@ -92,6 +93,8 @@ class TiffSlideSlide(Slide):
         if isinstance(e, NotImplementedError):
             why = _describe_tiff(self.path) or f"tiffslide does not support it ({e})"
             return UnsupportedSlideError(f"{self.path}: not a whole-slide image: {why}")
+        if "not a TIFF file" in str(e):
+            return UnsupportedSlideError(f"{self.path}: tiffslide reads only TIFF-based files")
         return SlideReadError(
             f"{self.path}: tiffslide cannot read the file ({type(e).__name__}: {e})"
         )
@@ -134,9 +137,7 @@ class TiffSlideSlide(Slide):
     def close(self) -> None:
         with self._lock:
             for ts in self._handles:
-                try:
+                with contextlib.suppress(Exception):  # best effort
                     ts.close()
-                except Exception:  # pragma: no cover - best effort
-                    pass
             self._handles.clear()
         self._local = threading.local()

@@ -74,13 +74,9 @@ class Cohort:
         genes = sorted({c.rsplit("_", 1)[0] for c in self.omics.columns})
         obs = pd.DataFrame(index=self.omics.index.astype(str))
         obs.index.name = "patient_id"
-        layers = {
-            a: self.omics[[f"{g}_{a}" for g in genes]].to_numpy(np.float32) for a in ASSAYS
-        }
+        layers = {a: self.omics[[f"{g}_{a}" for g in genes]].to_numpy(np.float32) for a in ASSAYS}
         var = pd.DataFrame(index=genes)
-        var["group"] = [
-            ",".join(k for k, v in self.gene_groups.items() if g in v) for g in genes
-        ]
+        var["group"] = [",".join(k for k, v in self.gene_groups.items() if g in v) for g in genes]
         return ad.AnnData(X=layers["rnaseq"].copy(), obs=obs, var=var, layers=layers)
 
     def save(self, directory: str | os.PathLike[str]) -> dict[str, Path]:

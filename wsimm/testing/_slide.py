@@ -120,7 +120,7 @@ def _make_masks(
     pen = np.zeros(shape, bool)
     pen_colour = np.zeros(shape, np.uint8)  # 0 none, 1.. index into pen colours
     width = max(2, round(0.012 * max(h, w)))
-    for ci, colour in enumerate(pen_marks, start=1):
+    for ci in range(1, len(pen_marks) + 1):
         img = Image.new("L", (w, h), 0)
         draw = ImageDraw.Draw(img)
         # a loose circle around some tissue, or a free stroke, like a pathologist's mark
@@ -261,12 +261,14 @@ def _weights(start_px: int, count: int, d: int, m: int, mask_len: int) -> tuple[
         return wmat, lo
     e0 = (start_px + j) * ratio
     e1 = e0 + ratio
-    lo = max(0, int(math.floor(e0[0])))
-    hi = min(mask_len, int(math.ceil(e1[-1])))
+    lo = max(0, math.floor(e0[0]))
+    hi = min(mask_len, math.ceil(e1[-1]))
     if hi <= lo:
         return np.zeros((count, 1), np.float32), min(lo, mask_len - 1)
     idx = np.arange(lo, hi, dtype=np.float64)
-    overlap = np.clip(np.minimum(e1[:, None], idx[None, :] + 1) - np.maximum(e0[:, None], idx), 0, None)
+    overlap = np.clip(
+        np.minimum(e1[:, None], idx[None, :] + 1) - np.maximum(e0[:, None], idx), 0, None
+    )
     return (overlap / ratio).astype(np.float32), lo
 
 
@@ -295,7 +297,9 @@ class _Renderer:
         self.bg_tile[:] = _BACKGROUND.astype(np.uint8)
         self.mh, self.mw = masks["tissue"].shape
 
-    def _alpha(self, name: str, wy: np.ndarray, y0: int, wx: np.ndarray, x0: int) -> np.ndarray | None:
+    def _alpha(
+        self, name: str, wy: np.ndarray, y0: int, wx: np.ndarray, x0: int
+    ) -> np.ndarray | None:
         mk = self.masks[name]
         patch = mk[y0 : y0 + wy.shape[1], x0 : x0 + wx.shape[1]]
         if patch.shape != (wy.shape[1], wx.shape[1]):

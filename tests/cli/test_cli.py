@@ -1,0 +1,79 @@
+"""The typer app through CliRunner, and the installed command as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from typer.testing import CliRunner
+
+from tests.conftest import shared_slide
+from wsimm_cli.main import app
+
+runner = CliRunner()
+
+
+def test_version_and_help():
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.stdout.startswith("wsimm ")
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("info", "demo"):
+        assert cmd in r.stdout
+
+
+def test_info_table_and_json(synthetic_slide):
+    r = runner.invoke(app, ["info", str(synthetic_slide.path)])
+    assert r.exit_code == 0, r.output
+    assert "synthetic.svs" in r.stdout and "aperio.MPP" in r.stdout and "0.5" in r.stdout
+    r = runner.invoke(app, ["info", "--json", str(synthetic_slide.path)])
+    assert r.exit_code == 0
+    (row,) = json.loads(r.stdout)
+    assert row["width"] == 4096 and row["mpp_x"] == 0.5 and row["backend"] == "openslide"
+
+
+def test_info_bad_input_is_one_line_and_nonzero(tmp_path, synthetic_slide):
+    bad = tmp_path / "bad.svs"
+    bad.write_text("not a slide")
+    r = runner.invoke(app, ["info", str(synthetic_slide.path), str(bad), str(tmp_path / "no.svs")])
+    assert r.exit_code == 1
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2
+    assert "Traceback" not in r.output
+    assert "synthetic.svs" in r.stdout  # the good slide is still shown
+
+
+def test_info_real_slides_json():
+    path = shared_slide("CMU-1-Small-Region.svs")
+    r = runner.invoke(app, ["info", "--json", str(path)])
+    assert r.exit_code == 0
+    row = json.loads(r.stdout)[0]
+    assert (row["width"], row["height"], row["mpp_x"]) == (2220, 2967, 0.499)
+
+
+def test_info_4d_ome_tiff_rejected_without_traceback():
+    path = shared_slide("synthetic/4D-series.ome.tiff")
+    proc = subprocess.run(["wsimm", "info", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "4 dimensions" in lines[0]
+
+
+def test_slide_mpp_override(synthetic_slide):
+    r = runner.invoke(app, ["info", "--json", "--slide-mpp", "0.25", str(synthetic_slide.path)])
+    row = json.loads(r.stdout)[0]
+    assert row["mpp_x"] == 0.25 and row["mpp_source"] == "user override"
+    r = runner.invoke(app, ["info", "--slide-mpp", "9999", str(synthetic_slide.path)])
+    assert r.exit_code == 1 and "plausible" in r.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    r = runner.invoke(app, ["demo", "--out", str(out), "--patients", "4", "--quiet"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    steps = {s["step"]: s for s in report["steps"]}
+    assert steps["cohort"]["slides"] >= 3
+    assert steps["inspect"]["failed"] == []
+    assert (out / "tables" / "labels.csv").exists()
