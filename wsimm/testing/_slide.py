@@ -284,11 +284,9 @@ class _Renderer:
         offset: int = 0,
     ) -> None:
         self.offset = offset
-        self.masks = {k: v.astype(np.float32) for k, v in masks.items() if k != "pen_colour"}
-        # per-colour pen alpha masks
-        pc = masks["pen_colour"]
-        for i in range(len(pen_colours)):
-            self.masks[f"pen{i + 1}"] = (pc == i + 1).astype(np.float32)
+        # masks stay uint8 (slide-sized); only the few pixels under a tile become float
+        self.masks = {k: v.astype(np.uint8) for k, v in masks.items() if k != "pen_colour"}
+        self.pen_index = masks["pen_colour"]
         self.pen_colours = pen_colours
         self.atlases = atlases
         self.m = mask_ds
@@ -300,8 +298,11 @@ class _Renderer:
     def _alpha(
         self, name: str, wy: np.ndarray, y0: int, wx: np.ndarray, x0: int
     ) -> np.ndarray | None:
-        mk = self.masks[name]
-        patch = mk[y0 : y0 + wy.shape[1], x0 : x0 + wx.shape[1]]
+        rows, cols = slice(y0, y0 + wy.shape[1]), slice(x0, x0 + wx.shape[1])
+        if name.startswith("pen") and name != "pen":  # one ink colour
+            patch = (self.pen_index[rows, cols] == int(name[3:])).astype(np.float32)
+        else:
+            patch = self.masks[name][rows, cols].astype(np.float32)
         if patch.shape != (wy.shape[1], wx.shape[1]):
             pad = np.zeros((wy.shape[1], wx.shape[1]), np.float32)
             pad[: patch.shape[0], : patch.shape[1]] = patch
