@@ -13,6 +13,9 @@ __all__ = [
     "MissingDependencyError",
     "MissingMPPError",
     "SlideNotFoundError",
+    "StoreError",
+    "StoreFormatError",
+    "StoreLockedError",
     "SlideReadError",
     "UnsupportedSlideError",
     "WsimmError",
@@ -53,3 +56,15 @@ class UnsupportedSlideError(SlideReadError):
 
 class MissingMPPError(WsimmError, ValueError):
     """The slide does not say its physical pixel size and the user gave none."""
+
+
+class StoreError(WsimmError, OSError):
+    """The feature store is missing, inconsistent, or cannot be written."""
+
+
+class StoreFormatError(StoreError):
+    """The store was written by an incompatible wsimm version, or is not a wsimm store."""
+
+
+class StoreLockedError(StoreError):
+    """Another wsimm process is writing to this store."""

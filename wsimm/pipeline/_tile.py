@@ -1,0 +1,463 @@
+"""``wsimm tile``: slides -> tissue -> tile grid -> read + encode -> the feature store.
+
+One Dask graph over slides x chunks of tiles, run on a ``dask.distributed`` client: an
+in-process local cluster by default (``workers`` threads), or an existing cluster
+(``scheduler="tcp://host:port"``). Workers open slides themselves (by path) and write their
+feature rows straight into the store; chunks are aligned to the store's Zarr chunks so no two
+tasks touch the same chunk. The client writes coordinates when a slide's plan comes back and
+marks the slide complete after its last chunk: a killed run leaves only incomplete slides,
+which the next run deletes and redoes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsimm._progress import progress
+from wsimm._version import __version__
+from wsimm.errors import ConfigError, StoreError, WsimmError
+from wsimm.tiling import TileSpec
+from wsimm.tissue import PRESETS, TissueParams
+
+__all__ = ["SlideResult", "TileReport", "tile_slides"]
+
+
+@dataclass
+class SlideResult:
+    slide_id: str
+    path: str
+    status: str  # done | skipped | failed
+    tiles: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class TileReport:
+    store: str
+    results: list[SlideResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[SlideResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def tiles(self) -> int:
+        return sum(r.tiles for r in self.results if r.status == "done")
+
+
+def fingerprint(path: str) -> str:
+    """Size + SHA-1 of the first and last MiB: cheap, and changes when the file does."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(q for q in p.iterdir() if q.is_file())
+        h = hashlib.sha1()
+        for q in files:
+            h.update(f"{q.name}:{q.stat().st_size}".encode())
+        return f"dir:{len(files)}:{h.hexdigest()[:16]}"
+    size = p.stat().st_size
+    h = hashlib.sha1()
+    with open(p, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read(1 << 20))
+    return f"{size}:{h.hexdigest()[:16]}"
+
+
+# ---------------------------------------------------------------------------------------
+# worker-side tasks (module-level functions: they pickle by reference)
+def _plan_task(job: dict[str, Any]) -> dict[str, Any]:
+    """Open the slide, detect tissue, place tiles, write the QC image. Bad input comes back
+    as ``{"error": message}`` (a permanent failure: no retry); other exceptions propagate and
+    are retried."""
+    try:
+        return _plan(job)
+    except WsimmError as e:
+        return {"error": str(e)}
+
+
+def _plan(job: dict[str, Any]) -> dict[str, Any]:
+    from wsimm.slide import open_slide_cached
+    from wsimm.tiling import plan_grid
+    from wsimm.tissue import detect_tissue, draw_qc
+
+    s = open_slide_cached(job["path"], mpp=job["slide_mpp"])
+    mpp = s.require_mpp()
+    tm = detect_tissue(s, params=job["tissue"])
+    spec: TileSpec = job["spec"]
+    grid = plan_grid(
+        s.dimensions, s.level_downsamples, mpp, spec, mask=tm.mask, mask_downsample=tm.downsample
+    )
+    if job.get("qc_dir"):
+        draw_qc(
+            tm.thumbnail,
+            tm.mask,
+            downsample=tm.downsample,
+            coords=grid.coords,
+            tile_size0=grid.size0,
+            title=f"{job['slide_id']}: {len(grid)} tiles at {spec.mpp} µm/px",
+            path=Path(job["qc_dir"]) / f"{job['slide_id']}.png",
+        )
+    return {
+        "coords": grid.coords,
+        "tissue_fraction": grid.tissue_fraction,
+        "mask": tm.mask,
+        "mask_downsample": tm.downsample,
+        "attrs": {
+            "reader": s.backend,
+            "vendor": s.vendor,
+            "level0_dims": list(s.dimensions),
+            "mpp": mpp,
+            "mpp_source": s.mpp_source,
+            "read_level": grid.level,
+            "read_downsample": grid.level_downsample,
+            "tile_size0": grid.size0,
+            "stride0": grid.stride0,
+            "upsampled": grid.upsampling,
+            "tissue_method": tm.method,
+            "tissue_threshold": tm.threshold,
+            "tissue_area_um2": tm.area_um2,
+        },
+        "grid": grid,
+    }
+
+
+_ENCODERS: dict[tuple[str, str | None, str], Any] = {}
+
+
+def _encoder(name: str, weights: str | None, device: str) -> Any:
+    from wsimm.encoders import create_encoder
+
+    key = (name, weights, device)
+    if key not in _ENCODERS:
+        _ENCODERS[key] = create_encoder(name, weights=weights, device=device)
+    return _ENCODERS[key]
+
+
+def _chunk_task(job: dict[str, Any], grid: Any, start: int, stop: int) -> int:
+    """Read tiles ``start:stop`` of a slide, encode them in batches, write their rows."""
+    from wsimm.slide import open_slide_cached
+    from wsimm.store import open_store
+    from wsimm.tiling import read_tile
+
+    s = open_slide_cached(job["path"], mpp=job["slide_mpp"])
+    enc = _encoder(job["encoder"], job["weights"], job["device"])
+    coords = grid.coords[start:stop]
+    out = np.empty((len(coords), enc.cfg.embed_dim), np.float32)
+    bs = job["batch_size"]
+    t = grid.spec.tile_px
+    batch = np.empty((bs, t, t, 3), np.uint8)
+    for b0 in range(0, len(coords), bs):
+        part = coords[b0 : b0 + bs]
+        for i, xy in enumerate(part):
+            batch[i] = read_tile(s, grid, (int(xy[0]), int(xy[1])))
+        out[b0 : b0 + len(part)] = enc.encode(batch[: len(part)])
+    fs = open_store(job["store"], "a")
+    fs.write_features(job["slide_id"], job["encoder"], start, out)
+    return len(coords)
+
+
+# ---------------------------------------------------------------------------------------
+def _client(workers: int, scheduler: str | None) -> tuple[Any, Any]:
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="20s"), None
+        except OSError as e:
+            raise ConfigError(
+                f"cannot reach the Dask scheduler at {scheduler} ({e}); check --scheduler"
+            ) from e
+    cluster = LocalCluster(
+        n_workers=1,
+        threads_per_worker=max(1, workers),
+        processes=False,
+        dashboard_address=None,
+        silence_logs=50,
+    )
+    return Client(cluster), cluster
+
+
+def _params(spec: TileSpec, tissue: TissueParams, slide_mpp: float | None) -> dict[str, Any]:
+    return {
+        "target_mpp": spec.mpp,
+        "tile_px": spec.tile_px,
+        "stride_px": spec.stride_px,
+        "overlap": spec.overlap,
+        "min_tissue": spec.min_tissue,
+        "tissue_params": tissue.to_dict(),
+        "slide_mpp_override": slide_mpp,
+    }
+
+
+def tile_slides(
+    slides: list[str | os.PathLike[str]] | str | os.PathLike[str],
+    store: str | os.PathLike[str],
+    *,
+    spec: TileSpec | None = None,
+    tissue: TissueParams | str = "default",
+    encoder: str | None = "test_tiny",
+    weights: str | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    slide_mpp: float | None = None,
+    qc_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> TileReport:
+    """Tile slides into a cohort feature store.
+
+    Parameters
+    ----------
+    slides
+        Slide files and folders (see :func:`wsimm.slide.find_slides`).
+    store
+        The cohort ``.zarr`` store (created when missing).
+    spec
+        Target µm/px, tile size, overlap and minimum tissue fraction.
+    tissue
+        :class:`~wsimm.tissue.TissueParams` or a preset name (``default``, ``biopsy``,
+        ``resection``).
+    encoder
+        Registered encoder name, or ``None`` / ``"none"`` for coordinates only.
+    workers, scheduler
+        Threads of the local cluster, or the address of an existing Dask scheduler.
+    slide_mpp
+        Level-0 µm/px for slides that do not record it.
+    qc_dir
+        Folder for one QC PNG per slide (tissue contour + tile grid).
+    overwrite
+        Replace complete slides tiled with different parameters (otherwise an error).
+
+    Returns
+    -------
+    TileReport
+        Per-slide status (done / skipped / failed with the reason), tiles, timings. Slides
+        that fail do not stop the others.
+    """
+    from distributed import as_completed
+
+    from wsimm.slide import find_slides
+    from wsimm.store import open_store
+    from wsimm.store._store import slide_id_from_path
+
+    t_start = time.perf_counter()
+    spec = spec or TileSpec()
+    if isinstance(tissue, str):
+        if tissue not in PRESETS:
+            raise ConfigError(f"unknown tissue preset {tissue!r}; choose {', '.join(PRESETS)}")
+        tissue = PRESETS[tissue]
+    enc_name = None if encoder in (None, "none") else encoder
+    if enc_name is not None:
+        _encoder(enc_name, weights, device)  # fail fast on an unknown name or bad weights
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    paths = find_slides(slides if isinstance(slides, list) else [slides])
+    ids: dict[str, str] = {}
+    for p in paths:
+        sid = slide_id_from_path(p)
+        if sid in ids:
+            raise ConfigError(
+                f"slides {ids[sid]} and {p} would share the slide id {sid!r}; rename one"
+            )
+        ids[sid] = p
+    fs = open_store(store, "a")
+    report = TileReport(store=fs.path)
+    params = _params(spec, tissue, slide_mpp)
+    workers = workers or os.cpu_count() or 1
+
+    with fs.lock():
+        jobs: dict[str, dict[str, Any]] = {}
+        for sid, p in ids.items():
+            fp = fingerprint(p) if os.path.exists(p) else None
+            if sid in fs.slides():
+                old = fs.slide_attrs(sid)
+                same = old.get("params") == params and old.get("fingerprint") == fp
+                has_enc = enc_name is None or enc_name in fs.encoders(sid)
+                if same and has_enc:
+                    report.results.append(SlideResult(sid, p, "skipped", old.get("n_tiles", 0)))
+                    continue
+                if not same and not overwrite:
+                    report.results.append(
+                        SlideResult(
+                            sid, p, "failed",
+                            error=f"{p}: already in the store as {sid!r} with different "
+                            "parameters or file contents; pass --overwrite to replace it",
+                        )
+                    )  # fmt: skip
+                    continue
+            jobs[sid] = {
+                "slide_id": sid,
+                "path": p,
+                "slide_mpp": slide_mpp,
+                "tissue": tissue,
+                "spec": spec,
+                "qc_dir": os.fspath(qc_dir) if qc_dir else None,
+                "store": fs.path,
+                "encoder": enc_name,
+                "weights": weights,
+                "device": device,
+                "batch_size": batch_size,
+                "fingerprint": fp,
+            }
+        for sid in fs.all_slide_ids():  # leftovers of a killed run
+            if sid not in fs.slides() and sid not in jobs:
+                fs.delete_slide(sid)
+
+        if jobs:
+            _run(jobs, fs, report, params, workers, scheduler, quiet, as_completed)
+    report.seconds = time.perf_counter() - t_start
+    order = {sid: i for i, sid in enumerate(ids)}
+    report.results.sort(key=lambda r: order.get(r.slide_id, 0))
+    return report
+
+
+def _run(jobs, fs, report, params, workers, scheduler, quiet, as_completed) -> None:
+    client, cluster = _client(workers, scheduler)
+    t0 = {sid: time.perf_counter() for sid in jobs}
+    pending: dict[str, int] = {}
+    tiles_done: dict[str, int] = dict.fromkeys(jobs, 0)
+    failed: set[str] = set()
+    try:
+        with progress(quiet=quiet) as bar:
+            t_slides = bar.add_task("slides", total=len(jobs), rate="")
+            t_tiles = bar.add_task("tiles", total=0, rate="")
+            started = time.perf_counter()
+            total_tiles = 0
+            futs = {
+                client.submit(_plan_task, job, key=f"plan-{sid}-{os.getpid()}", retries=1): (
+                    "plan", sid, 0
+                )
+                for sid, job in jobs.items()
+            }  # fmt: skip
+            ac = as_completed(list(futs))
+            for fut in ac:
+                kind, sid, _ = futs.pop(fut)
+                if sid in failed:
+                    continue
+                job = jobs[sid]
+                try:
+                    res = fut.result()
+                except Exception as e:  # a bad slide must not stop the batch
+                    _fail(fs, report, job, e, t0[sid])
+                    failed.add(sid)
+                    bar.advance(t_slides)
+                    continue
+                if kind == "plan" and "error" in res:
+                    _fail(fs, report, job, WsimmError(res["error"]), t0[sid])
+                    failed.add(sid)
+                    bar.advance(t_slides)
+                    continue
+                if kind == "plan":
+                    n = len(res["coords"])
+                    if n == 0:
+                        _fail(fs, report, job, WsimmError(
+                            f"{job['path']}: no tissue tiles found (tissue area "
+                            f"{res['attrs']['tissue_area_um2'] / 1e6:.3f} mm²); check --slide-mpp, "
+                            "lower --min-tissue, or use --tissue biopsy"), t0[sid])  # fmt: skip
+                        failed.add(sid)
+                        bar.advance(t_slides)
+                        continue
+                    attrs = {
+                        **res["attrs"],
+                        "source": os.path.abspath(job["path"]),
+                        "file_size": _size(job["path"]),
+                        "fingerprint": job["fingerprint"],
+                        "target_mpp": job["spec"].mpp,
+                        "tile_px": job["spec"].tile_px,
+                        "stride_px": job["spec"].stride_px,
+                        "min_tissue": job["spec"].min_tissue,
+                        "tissue_params": job["tissue"].to_dict(),
+                        "params": params,
+                        "created_by": f"wsimm {__version__}",
+                    }
+                    fs.begin_slide(
+                        sid,
+                        coords=res["coords"],
+                        tissue_fraction=res["tissue_fraction"],
+                        tissue_mask=res["mask"],
+                        mask_downsample=res["mask_downsample"],
+                        attrs=attrs,
+                    )
+                    total_tiles += n
+                    bar.update(t_tiles, total=total_tiles)
+                    if job["encoder"] is None:
+                        _finish(fs, report, job, n, t0[sid])
+                        bar.advance(t_slides)
+                        continue
+                    enc = _encoder(job["encoder"], job["weights"], job["device"])
+                    rows = fs.begin_features(
+                        sid, job["encoder"], n=n, dim=enc.cfg.embed_dim,
+                        attrs={"encoder": job["encoder"], "cfg": enc.cfg.to_dict(),
+                               "weights": job["weights"],
+                               "weights_fingerprint": enc.weights_fingerprint},
+                    )  # fmt: skip
+                    grid = client.scatter(res["grid"]) if scheduler else res["grid"]
+                    step = rows * max(1, 2048 // rows)
+                    pending[sid] = 0
+                    for a in range(0, n, step):
+                        b = min(n, a + step)
+                        f = client.submit(_chunk_task, job, grid, a, b, retries=2, pure=False)
+                        futs[f] = ("chunk", sid, b - a)
+                        ac.add(f)
+                        pending[sid] += 1
+                else:
+                    tiles_done[sid] += res
+                    bar.advance(t_tiles, res)
+                    rate = sum(tiles_done.values()) / max(1e-9, time.perf_counter() - started)
+                    bar.update(t_tiles, rate=f"{rate:,.0f} tiles/s")
+                    pending[sid] -= 1
+                    if pending[sid] == 0:
+                        fs.finish_features(sid, job["encoder"])
+                        _finish(fs, report, job, tiles_done[sid], t0[sid])
+                        bar.advance(t_slides)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    # a slide whose chunk failed: remove its partial group
+    for sid in failed:
+        if sid in fs.all_slide_ids() and sid not in fs.slides():
+            fs.delete_slide(sid)
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def _finish(fs, report, job, n, t0) -> None:
+    fs.finish_slide(job["slide_id"])
+    report.results.append(
+        SlideResult(job["slide_id"], job["path"], "done", n, time.perf_counter() - t0)
+    )
+
+
+def _fail(fs, report, job, e: BaseException, t0) -> None:
+    if isinstance(e, WsimmError):
+        msg = str(e)
+    else:
+        tb = traceback.extract_tb(e.__traceback__)
+        where = f" at {tb[-1].name}" if tb else ""
+        msg = f"{job['path']}: {type(e).__name__}{where}: {e}"
+    report.results.append(
+        SlideResult(job["slide_id"], job["path"], "failed", 0, time.perf_counter() - t0, msg)
+    )
+    try:
+        fs.delete_slide(job["slide_id"])
+    except StoreError:
+        pass

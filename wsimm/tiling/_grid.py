@@ -1,0 +1,206 @@
+"""Tile grids in physical units: pure numpy geometry, no I/O.
+
+A tile of ``tile_px`` pixels at ``mpp`` µm/px covers ``tile_px * mpp / slide_mpp`` level-0
+pixels (``size0``, usually not an integer: 256 px at 0.5 µm/px on a 0.499 µm/px slide is
+256.51 level-0 px). Tiles are placed every ``stride0 = size0 * (1 - overlap)`` level-0 px; their
+top-left corners are rounded to integer level-0 coordinates. Each tile is read from the
+coarsest pyramid level that is still at least as fine as the target, over the exact
+fractional extent, and resized to ``tile_px`` (see :func:`read_tile`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from wsimm.errors import ConfigError
+
+__all__ = ["TileGrid", "TileSpec", "plan_grid", "read_tile", "tissue_fractions"]
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """What tiles to cut.
+
+    Attributes
+    ----------
+    mpp
+        Target resolution, µm/px (exact).
+    tile_px
+        Tile side in pixels at the target resolution.
+    overlap
+        Fraction of a tile shared with its neighbour, ``0 <= overlap < 1``.
+    min_tissue
+        Minimum fraction of a tile covered by the tissue mask.
+    """
+
+    mpp: float = 0.5
+    tile_px: int = 256
+    overlap: float = 0.0
+    min_tissue: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not (0.01 <= self.mpp <= 100):
+            raise ConfigError(f"target --mpp {self.mpp} is not a plausible µm/px (0.01-100)")
+        if not (8 <= self.tile_px <= 8192):
+            raise ConfigError(f"--tile-px {self.tile_px} must be between 8 and 8192")
+        if not (0 <= self.overlap < 1):
+            raise ConfigError(f"--overlap {self.overlap} must be in [0, 1)")
+        if not (0 <= self.min_tissue <= 1):
+            raise ConfigError(f"--min-tissue {self.min_tissue} must be in [0, 1]")
+
+    @property
+    def stride_px(self) -> int:
+        """Stride in target pixels."""
+        return max(1, round(self.tile_px * (1 - self.overlap)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiles of one slide.
+
+    Attributes
+    ----------
+    coords
+        ``(N, 2)`` int64 level-0 top-left ``x, y``, row-major order.
+    tissue_fraction
+        ``(N,)`` float32 fraction of each tile covered by tissue.
+    size0, stride0
+        Tile side and stride in level-0 pixels (floats).
+    level, level_downsample
+        The pyramid level tiles are read from and its downsample.
+    slide_mpp, spec
+        The slide's level-0 µm/px and the requested :class:`TileSpec`.
+    """
+
+    coords: np.ndarray
+    tissue_fraction: np.ndarray
+    size0: float
+    stride0: float
+    level: int
+    level_downsample: float
+    slide_mpp: float
+    spec: TileSpec
+
+    def __len__(self) -> int:
+        return int(self.coords.shape[0])
+
+    @property
+    def read_size(self) -> int:
+        """Pixels to read at :attr:`level` per tile (covers the fractional extent)."""
+        return math.ceil(self.size0 / self.level_downsample - 1e-9)
+
+    @property
+    def upsampling(self) -> bool:
+        return self.size0 / self.level_downsample < self.spec.tile_px - 1e-6
+
+
+def _best_level(level_downsamples: tuple[float, ...], want: float) -> int:
+    best = 0
+    for i, d in enumerate(level_downsamples):
+        if d <= want * 1.001:
+            best = i
+    return best
+
+
+def tissue_fractions(
+    mask: np.ndarray, mask_downsample: float, coords: np.ndarray, size0: float
+) -> np.ndarray:
+    """Exact fraction of each ``size0`` square at ``coords`` covered by ``mask``.
+
+    Uses a summed-area table interpolated bilinearly, which integrates the piecewise-constant
+    mask exactly over fractional boxes.
+    """
+    m = np.asarray(mask, dtype=np.float64)
+    h, w = m.shape
+    sat = np.zeros((h + 1, w + 1))
+    sat[1:, 1:] = m.cumsum(0).cumsum(1)
+
+    def area_to(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        x = np.clip(x, 0, w)
+        y = np.clip(y, 0, h)
+        x0 = np.floor(x).astype(np.int64).clip(0, w - 1) if w else x.astype(np.int64)
+        y0 = np.floor(y).astype(np.int64).clip(0, h - 1) if h else y.astype(np.int64)
+        fx, fy = x - x0, y - y0
+        a = sat[y0, x0]
+        b = sat[y0, x0 + 1]
+        c = sat[y0 + 1, x0]
+        d = sat[y0 + 1, x0 + 1]
+        return a * (1 - fx) * (1 - fy) + b * fx * (1 - fy) + c * (1 - fx) * fy + d * fx * fy
+
+    c = np.asarray(coords, dtype=np.float64)
+    x0, y0 = c[:, 0] / mask_downsample, c[:, 1] / mask_downsample
+    s = size0 / mask_downsample
+    x1, y1 = x0 + s, y0 + s
+    total = area_to(x1, y1) - area_to(x0, y1) - area_to(x1, y0) + area_to(x0, y0)
+    return np.clip(total / (s * s), 0.0, 1.0).astype(np.float32)
+
+
+def plan_grid(
+    dimensions: tuple[int, int],
+    level_downsamples: tuple[float, ...],
+    slide_mpp: float,
+    spec: TileSpec,
+    *,
+    mask: np.ndarray | None = None,
+    mask_downsample: float = 1.0,
+) -> TileGrid:
+    """Place tiles over a slide and keep those with enough tissue.
+
+    Only tiles entirely inside the slide are placed. Without a mask every tile is kept with
+    tissue fraction 1.
+    """
+    if slide_mpp <= 0 or not math.isfinite(slide_mpp):
+        raise ConfigError(f"slide µm/px must be positive, got {slide_mpp}")
+    w0, h0 = dimensions
+    size0 = spec.tile_px * spec.mpp / slide_mpp
+    stride0 = spec.stride_px * spec.mpp / slide_mpp
+    level = _best_level(tuple(level_downsamples), spec.mpp / slide_mpp)
+    nx = max(0, math.floor((w0 - size0) / stride0 + 1 + 1e-9)) if w0 >= size0 else 0
+    ny = max(0, math.floor((h0 - size0) / stride0 + 1 + 1e-9)) if h0 >= size0 else 0
+    gy, gx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    coords = np.stack(
+        [np.round(gx.ravel() * stride0), np.round(gy.ravel() * stride0)], axis=1
+    ).astype(np.int64)
+    if mask is None:
+        frac = np.ones(len(coords), np.float32)
+    else:
+        frac = tissue_fractions(mask, mask_downsample, coords, size0)
+        keep = frac >= spec.min_tissue - 1e-6 if spec.min_tissue > 0 else np.ones(len(frac), bool)
+        coords, frac = coords[keep], frac[keep]
+    return TileGrid(
+        coords=coords,
+        tissue_fraction=frac,
+        size0=size0,
+        stride0=stride0,
+        level=level,
+        level_downsample=float(level_downsamples[level]),
+        slide_mpp=slide_mpp,
+        spec=spec,
+    )
+
+
+def read_tile(slide: Any, grid: TileGrid, xy: tuple[int, int]) -> np.ndarray:
+    """Read one tile at exactly ``grid.spec.mpp``: ``(tile_px, tile_px, 3)`` uint8.
+
+    Reads ``grid.read_size`` pixels at ``grid.level`` and resamples the exact fractional
+    extent ``size0 / level_downsample`` to ``tile_px`` (area filter when shrinking, bilinear
+    when enlarging). When the extent is already ``tile_px`` no resampling happens.
+    """
+    from PIL import Image
+
+    t = grid.spec.tile_px
+    n = grid.read_size
+    region = slide.read_region((int(xy[0]), int(xy[1])), grid.level, (n, n))
+    extent = grid.size0 / grid.level_downsample
+    if n == t and abs(extent - t) < 1e-6:
+        return region
+    img = Image.fromarray(region)
+    resample = Image.Resampling.BILINEAR if extent < t else Image.Resampling.BOX
+    return np.asarray(img.resize((t, t), resample, box=(0.0, 0.0, extent, extent)))
