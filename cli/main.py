@@ -107,6 +107,116 @@ def _print_info_table(results: list) -> None:
 
 @app.command()
 @handle_errors
+def tile(
+    slides: Annotated[list[Path], typer.Argument(help="Slide files or folders of slides.")],
+    store: Annotated[Path, typer.Option("--store", help="Cohort feature store (.zarr).")],
+    mpp: Annotated[float, typer.Option("--mpp", help="Target µm/px (exact).")] = 0.5,
+    tile_px: Annotated[int, typer.Option("--tile-px", help="Tile side in pixels.")] = 256,
+    overlap: Annotated[float, typer.Option("--overlap", help="Tile overlap, 0-1.")] = 0.0,
+    min_tissue: Annotated[
+        float, typer.Option("--min-tissue", help="Minimum tissue fraction per tile.")
+    ] = 0.25,
+    encoder: Annotated[
+        str, typer.Option("--encoder", help="Encoder name, or 'none' for coordinates only.")
+    ] = "test_tiny",
+    weights: Annotated[str | None, typer.Option("--weights", help="Encoder weights.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Local worker threads.")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Existing Dask scheduler tcp://HOST:PORT.")
+    ] = None,
+    slide_mpp: Annotated[
+        float | None,
+        typer.Option("--slide-mpp", help="Level-0 µm/px for slides that do not record it."),
+    ] = None,
+    tissue: Annotated[
+        str, typer.Option("--tissue", help="Tissue preset: default, biopsy, resection.")
+    ] = "default",
+    qc_dir: Annotated[
+        Path | None, typer.Option("--qc-dir", help="Write a QC PNG per slide here.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace slides tiled with other parameters.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Tissue -> tiles -> embeddings into the Zarr feature store."""
+    from wsimm.pipeline import tile_slides
+    from wsimm.tiling import TileSpec
+
+    report = tile_slides(
+        [str(s) for s in slides],
+        store,
+        spec=TileSpec(mpp=mpp, tile_px=tile_px, overlap=overlap, min_tissue=min_tissue),
+        tissue=tissue,
+        encoder=encoder,
+        weights=weights,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        scheduler=scheduler,
+        slide_mpp=slide_mpp,
+        qc_dir=qc_dir,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
+    if not quiet:
+        from rich.table import Table
+
+        table = Table(title=f"wsimm tile -> {report.store}")
+        for col in ("slide", "status", "tiles", "seconds"):
+            table.add_column(col, justify="right" if col in ("tiles", "seconds") else "left")
+        for r in report.results:
+            colour = {"done": "green", "skipped": "cyan", "failed": "red"}[r.status]
+            table.add_row(
+                r.slide_id, f"[{colour}]{r.status}[/{colour}]", str(r.tiles), f"{r.seconds:.1f}"
+            )
+        stdout_console().print(table)
+        n = {k: sum(r.status == k for r in report.results) for k in ("done", "skipped", "failed")}
+        stdout_console().print(
+            f"{n['done']} done, {n['skipped']} skipped, {n['failed']} failed; "
+            f"{report.tiles} tiles in {report.seconds:.1f} s"
+        )
+    for r in report.failed:
+        typer.echo(f"error: {r.error}", err=True)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command("export-h5")
+@handle_errors
+def export_h5_cmd(
+    store: Annotated[Path, typer.Argument(help="Cohort feature store (.zarr).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for <slide_id>.h5 files.")],
+    encoder: Annotated[str | None, typer.Option("--encoder", help="Which features.")] = None,
+) -> None:
+    """Write CLAM/TRIDENT-style h5 (coords + features) per slide."""
+    from wsimm.store import export_h5
+
+    files = export_h5(store, out, encoder=encoder)
+    typer.echo(f"wrote {len(files)} h5 files to {out}")
+
+
+@app.command("import-h5")
+@handle_errors
+def import_h5_cmd(
+    directory: Annotated[Path, typer.Argument(help="Folder of CLAM/TRIDENT h5 files.")],
+    store: Annotated[Path, typer.Option("--store", help="Cohort feature store (.zarr).")],
+    encoder: Annotated[str, typer.Option("--encoder", help="Name to file the features under.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Bring existing CLAM/TRIDENT h5 features into a store."""
+    from wsimm.store import import_h5
+
+    ids = import_h5(directory, store, encoder=encoder, overwrite=overwrite)
+    typer.echo(f"imported {len(ids)} slides into {store}")
+
+
+@app.command()
+@handle_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for everything the demo makes.")] = (
         Path("wsimm-demo")

@@ -13,10 +13,10 @@ __all__ = [
     "MissingDependencyError",
     "MissingMPPError",
     "SlideNotFoundError",
+    "SlideReadError",
     "StoreError",
     "StoreFormatError",
     "StoreLockedError",
-    "SlideReadError",
     "UnsupportedSlideError",
     "WsimmError",
 ]

@@ -11,6 +11,7 @@ which the next run deletes and redoes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -457,7 +458,5 @@ def _fail(fs, report, job, e: BaseException, t0) -> None:
     report.results.append(
         SlideResult(job["slide_id"], job["path"], "failed", 0, time.perf_counter() - t0, msg)
     )
-    try:
+    with contextlib.suppress(StoreError):
         fs.delete_slide(job["slide_id"])
-    except StoreError:
-        pass

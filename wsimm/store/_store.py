@@ -182,7 +182,7 @@ class FeatureStore:
         if slide_id in slides:
             self.delete_slide(slide_id)
         sg = slides.create_group(slide_id)
-        sg.attrs.update({**attrs, "status": "writing", "n_tiles": int(len(coords))})
+        sg.attrs.update({**attrs, "status": "writing", "n_tiles": len(coords)})
         n = len(coords)
         rows = 4096
         sg.create_array(

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wsimm.errors import ConfigError
+from wsimm.tiling import TileSpec, plan_grid, read_tile, tissue_fractions
+
+
+def test_exact_physical_size_and_level_choice():
+    g = plan_grid((100_000, 80_000), (1, 4, 16, 64), 0.25, TileSpec(mpp=0.5))
+    assert g.size0 == pytest.approx(512) and g.level == 0 and g.read_size == 512
+    g = plan_grid((100_000, 80_000), (1, 4, 16, 64), 0.25, TileSpec(mpp=1.0))
+    assert g.level == 1 and g.read_size == 256 and not g.upsampling
+    g = plan_grid((2220, 2967), (1.0,), 0.499, TileSpec(mpp=0.5))
+    assert g.size0 == pytest.approx(256 * 0.5 / 0.499)
+    # tiles stay inside the slide, coordinates are integers on the stride
+    assert (g.coords[:, 0] + g.size0 <= 2220 + 1e-6).all()
+    assert g.coords.dtype == np.int64
+    assert np.array_equal(np.unique(g.coords[:, 0]), np.round(np.arange(8) * g.stride0))
+
+
+def test_overlap_and_upsampling():
+    g = plan_grid((4096, 4096), (1.0,), 0.5, TileSpec(mpp=0.5, overlap=0.5))
+    assert g.stride0 == 128 and len(g) == 31 * 31
+    g = plan_grid((4096, 4096), (1.0,), 0.5, TileSpec(mpp=0.25))
+    assert g.upsampling
+
+
+def test_tissue_fraction_is_exact_and_filters():
+    mask = np.zeros((10, 10), bool)
+    mask[:5] = True
+    f = tissue_fractions(mask, 10.0, np.array([[0, 0], [0, 45], [0, 60], [3, 47]]), 10.0)
+    assert f.tolist() == pytest.approx([1.0, 0.5, 0.0, 0.3])
+    g = plan_grid((100, 100), (1.0,), 1.0, TileSpec(mpp=1.0, tile_px=10, min_tissue=0.5),
+                  mask=mask, mask_downsample=10.0)  # fmt: skip
+    assert len(g) == 50 and (g.coords[:, 1] < 50).all()
+
+
+def test_tiny_slide_has_no_tiles():
+    assert len(plan_grid((16, 16), (1.0,), 0.5, TileSpec())) == 0
+
+
+def test_bad_specs():
+    with pytest.raises(ConfigError):
+        TileSpec(overlap=1.0)
+    with pytest.raises(ConfigError):
+        TileSpec(mpp=0)
+    with pytest.raises(ConfigError):
+        TileSpec(tile_px=3)
+
+
+def test_read_tile_resamples_exact_extent(synthetic_slide):
+    from wsimm.slide import open_slide
+
+    with open_slide(synthetic_slide.path) as s:
+        g = plan_grid(s.dimensions, s.level_downsamples, 0.5, TileSpec(mpp=1.0, tile_px=128))
+        assert g.level == 0 and g.read_size == 256
+        t = read_tile(s, g, (1024, 1024))
+        ref = s.read_region((1024, 1024), 0, (256, 256)).astype(np.float32)
+        ref = ref.reshape(128, 2, 128, 2, 3).mean(axis=(1, 3))
+        assert t.shape == (128, 128, 3)
+        assert np.abs(t - ref).mean() < 1.0

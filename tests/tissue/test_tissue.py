@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import shared_slide
+from wsimm.slide import open_slide
+from wsimm.testing import write_synthetic_slide
+from wsimm.tissue import detect_tissue, draw_qc
+
+
+def _at_gt_scale(mask, shape):
+    return np.asarray(Image.fromarray(mask.astype(np.uint8)).resize(shape[::-1], 0)).astype(bool)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dice_and_pen_rejection_on_synthetic(tmp_path, seed):
+    sl = write_synthetic_slide(
+        tmp_path / "s.svs", width=8192, height=6144, seed=seed, mpp=0.25,
+        pen_marks=("blue", "green", "red"), debris=True, folds=True,
+    )  # fmt: skip
+    with open_slide(sl.path) as s:
+        tm = detect_tissue(s)
+    gt = sl.usable_tissue
+    m = _at_gt_scale(tm.mask, gt.shape)
+    dice = 2 * (m & gt).sum() / (m.sum() + gt.sum())
+    assert dice >= 0.95
+    assert 1 - (m & sl.pen).sum() / sl.pen.sum() >= 0.90
+    # every visibly black debris pixel is rejected (sub-pixel specks render only grey)
+    visible = _at_gt_scale(tm.thumbnail.max(axis=2) < 64, gt.shape) & sl.debris
+    assert visible.any() and not (m & visible).any()
+
+
+def test_blank_slide_has_no_tissue(tmp_path):
+    sl = write_synthetic_slide(tmp_path / "b.svs", width=2048, height=2048, tissue_fraction=0.0)
+    with open_slide(sl.path) as s:
+        assert detect_tissue(s).mask.sum() == 0
+
+
+def test_qc_image_draws_contour_and_grid(tmp_path, synthetic_slide):
+    with open_slide(synthetic_slide.path) as s:
+        tm = detect_tissue(s)
+    coords = np.array([[0, 0], [1024, 1024]])
+    img = draw_qc(tm.thumbnail, tm.mask, downsample=tm.downsample, coords=coords,
+                  tile_size0=512, path=tmp_path / "qc.png")  # fmt: skip
+    assert (tmp_path / "qc.png").exists()
+    assert ((img == (0, 200, 0)).all(axis=2)).sum() > 10  # contour pixels
+    assert ((img == (40, 90, 230)).all(axis=2)).sum() > 10  # tile outlines
+
+
+def test_real_cmu_tissue_fraction():
+    with open_slide(shared_slide("CMU-1-Small-Region.svs")) as s:
+        tm = detect_tissue(s)
+    assert 0.2 < tm.tissue_fraction < 0.45
+    assert tm.method == "otsu-saturation"
+
+
+def test_fluorescence_uses_brightness():
+    with open_slide(shared_slide("hamamatsu-test3-DAPI-2-387.ndpi")) as s:
+        tm = detect_tissue(s)
+    assert tm.method == "otsu-brightness" and tm.mask.any()
