@@ -26,7 +26,7 @@ from wsimm._progress import progress
 from wsimm._version import __version__
 from wsimm.errors import ConfigError, StoreError, WsimmError
 from wsimm.tiling import TileSpec
-from wsimm.tissue import PRESETS, TissueParams
+from wsimm.tissue import TissueParams, resolve_tissue_params
 
 __all__ = ["SlideResult", "TileReport", "tile_slides"]
 
@@ -256,10 +256,7 @@ def tile_slides(
 
     t_start = time.perf_counter()
     spec = spec or TileSpec()
-    if isinstance(tissue, str):
-        if tissue not in PRESETS:
-            raise ConfigError(f"unknown tissue preset {tissue!r}; choose {', '.join(PRESETS)}")
-        tissue = PRESETS[tissue]
+    tissue = resolve_tissue_params(tissue)
     enc_name = None if encoder in (None, "none") else encoder
     if enc_name is not None:
         _encoder(enc_name, weights, device)  # fail fast on an unknown name or bad weights

@@ -9,6 +9,7 @@ from wsimm.tissue._detect import (
     detect_tissue,
     detect_tissue_rgb,
     pen_ink,
+    resolve_tissue_params,
 )
 from wsimm.tissue._qc import draw_qc
 
@@ -20,4 +21,5 @@ __all__ = [
     "detect_tissue_rgb",
     "draw_qc",
     "pen_ink",
+    "resolve_tissue_params",
 ]

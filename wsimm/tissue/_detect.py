@@ -15,7 +15,14 @@ import numpy as np
 
 from wsimm.errors import ConfigError
 
-__all__ = ["PRESETS", "TissueMask", "TissueParams", "detect_tissue", "detect_tissue_rgb"]
+__all__ = [
+    "PRESETS",
+    "TissueMask",
+    "TissueParams",
+    "detect_tissue",
+    "detect_tissue_rgb",
+    "resolve_tissue_params",
+]
 
 
 @dataclass(frozen=True)
@@ -190,6 +197,15 @@ def detect_tissue_rgb(
     return mask, method, float(thr), pen_fraction
 
 
+def resolve_tissue_params(params: TissueParams | str | None) -> TissueParams:
+    """A :class:`TissueParams` from itself, a preset name, or ``None`` (the defaults)."""
+    if isinstance(params, str):
+        if params not in PRESETS:
+            raise ConfigError(f"unknown tissue preset {params!r}; choose {', '.join(PRESETS)}")
+        return PRESETS[params]
+    return params or TissueParams()
+
+
 def detect_tissue(
     slide: Any,
     *,
@@ -201,9 +217,7 @@ def detect_tissue(
     The slide is read at the pyramid level nearest ``params.mpp`` and downsampled in strips,
     so memory stays small for gigapixel slides.
     """
-    p = PRESETS[params] if isinstance(params, str) else (params or TissueParams())
-    if isinstance(params, str) and params not in PRESETS:
-        raise ConfigError(f"unknown tissue preset {params!r}; choose {', '.join(PRESETS)}")
+    p = resolve_tissue_params(params)
     mpp0 = slide.require_mpp()
     w0, h0 = slide.dimensions
     long_side = max(w0, h0)
