@@ -278,9 +278,10 @@ def tile_slides(
 
     with fs.lock():
         jobs: dict[str, dict[str, Any]] = {}
+        complete = set(fs.slides())  # one listing, not one per slide
         for sid, p in ids.items():
             fp = fingerprint(p) if os.path.exists(p) else None
-            if sid in fs.slides():
+            if sid in complete:
                 old = fs.slide_attrs(sid)
                 same = old.get("params") == params and old.get("fingerprint") == fp
                 has_enc = enc_name is None or enc_name in fs.encoders(sid)
@@ -311,7 +312,7 @@ def tile_slides(
                 "fingerprint": fp,
             }
         for sid in fs.all_slide_ids():  # leftovers of a killed run
-            if sid not in fs.slides() and sid not in jobs:
+            if sid not in complete and sid not in jobs:
                 fs.delete_slide(sid)
 
         if jobs:
