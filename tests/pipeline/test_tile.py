@@ -90,10 +90,12 @@ def test_coordinates_only(cohort_dir, tmp_path):
 
 def test_sigkill_then_rerun_equals_uninterrupted_run(cohort_dir, tmp_path):
     ref = tmp_path / "ref.zarr"
-    tile_slides([cohort_dir], ref, quiet=True, workers=1, spec=TileSpec(mpp=0.25))
+    # a dense grid (16 tiles per tile area) so the run lasts long enough to be killed
+    spec = TileSpec(mpp=0.25, overlap=0.75)
+    tile_slides([cohort_dir], ref, quiet=True, workers=1, spec=spec)
     store = tmp_path / "killed.zarr"
-    cmd = [sys.executable, "-m", "wsimm_cli.main", "tile", str(cohort_dir), "--store",
-           str(store), "--mpp", "0.25", "--workers", "1", "--quiet"]  # fmt: skip
+    cmd = [sys.executable, "-m", "wsimm_cli.main", "tile", str(cohort_dir), "--store", str(store),
+           "--mpp", "0.25", "--overlap", "0.75", "--workers", "1", "--quiet"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     killed_mid_run = False
@@ -107,12 +109,12 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(cohort_dir, tmp_path):
                 os.kill(proc.pid, signal.SIGKILL)
                 killed_mid_run = True
                 break
-        time.sleep(0.02)
+        time.sleep(0.005)
     proc.wait()
     assert killed_mid_run, "the run finished before it could be killed"
     partial = open_store(store)
     assert 1 <= len(partial.slides()) < 6
-    rep = tile_slides([cohort_dir], store, quiet=True, workers=1, spec=TileSpec(mpp=0.25))
+    rep = tile_slides([cohort_dir], store, quiet=True, workers=1, spec=spec)
     assert not rep.failed
     assert {r.status for r in rep.results} == {"done", "skipped"}
     a, b = _snapshot(ref), _snapshot(store)

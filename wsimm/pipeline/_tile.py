@@ -145,24 +145,84 @@ def _encoder(name: str, weights: str | None, device: str) -> Any:
     return _ENCODERS[key]
 
 
+def _read_batches(slide: Any, grid: Any, coords: np.ndarray, bs: int, fast: bool):
+    """Yield ``(B, tile_px, tile_px, 3)`` uint8 batches of ``coords`` (fresh arrays)."""
+    from wsimm.tiling import open_tile_reader, read_tile
+
+    t = grid.spec.tile_px
+    reader = open_tile_reader(slide, grid.level) if fast else None
+    try:
+        for b0 in range(0, len(coords), bs):
+            part = coords[b0 : b0 + bs]
+            batch = np.empty((len(part), t, t, 3), np.uint8)
+            for i, xy in enumerate(part):
+                batch[i] = read_tile(slide, grid, (int(xy[0]), int(xy[1])), reader=reader)
+            yield batch
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _prefetch(it: Any, depth: int = 2) -> Any:
+    """Run a generator in a background thread, ``depth`` items ahead: tile decoding (which
+    releases the GIL) overlaps the encoder's forward pass."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+
+    th = threading.Thread(target=work, daemon=True, name="wsimm-prefetch")
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        th.join(timeout=5)
+
+
 def _chunk_task(job: dict[str, Any], grid: Any, start: int, stop: int) -> int:
-    """Read tiles ``start:stop`` of a slide, encode them in batches, write their rows."""
+    """Read tiles ``start:stop`` of a slide, encode them in batches, write their rows.
+
+    Reading runs one batch ahead in a helper thread when the encoder is a model (so the
+    model never waits for JPEG decoding); cheap encoders read inline.
+    """
     from wsimm.slide import open_slide_cached
     from wsimm.store import open_store
-    from wsimm.tiling import read_tile
 
     s = open_slide_cached(job["path"], mpp=job["slide_mpp"])
     enc = _encoder(job["encoder"], job["weights"], job["device"])
     coords = grid.coords[start:stop]
     out = np.empty((len(coords), enc.cfg.embed_dim), np.float32)
-    bs = job["batch_size"]
-    t = grid.spec.tile_px
-    batch = np.empty((bs, t, t, 3), np.uint8)
-    for b0 in range(0, len(coords), bs):
-        part = coords[b0 : b0 + bs]
-        for i, xy in enumerate(part):
-            batch[i] = read_tile(s, grid, (int(xy[0]), int(xy[1])))
-        out[b0 : b0 + len(part)] = enc.encode(batch[: len(part)])
+    batches = _read_batches(s, grid, coords, job["batch_size"], job.get("fast_reader", True))
+    if getattr(enc, "model", None) is not None:
+        batches = _prefetch(batches)
+    row = 0
+    for batch in batches:
+        out[row : row + len(batch)] = enc.encode(batch)
+        row += len(batch)
     fs = open_store(job["store"], "a")
     fs.write_features(job["slide_id"], job["encoder"], start, out)
     return len(coords)
@@ -252,7 +312,7 @@ def tile_slides(
 
     from wsimm.slide import find_slides
     from wsimm.store import open_store
-    from wsimm.store._store import slide_id_from_path
+    from wsimm.store._store import encoder_id, slide_id_from_path
 
     t_start = time.perf_counter()
     spec = spec or TileSpec()
@@ -284,7 +344,7 @@ def tile_slides(
             if sid in complete:
                 old = fs.slide_attrs(sid)
                 same = old.get("params") == params and old.get("fingerprint") == fp
-                has_enc = enc_name is None or enc_name in fs.encoders(sid)
+                has_enc = enc_name is None or encoder_id(enc_name) in fs.encoders(sid)
                 if same and has_enc:
                     report.results.append(SlideResult(sid, p, "skipped", old.get("n_tiles", 0)))
                     continue
@@ -404,7 +464,7 @@ def _run(jobs, fs, report, params, workers, scheduler, quiet, as_completed) -> N
                                "weights_fingerprint": enc.weights_fingerprint},
                     )  # fmt: skip
                     grid = client.scatter(res["grid"]) if scheduler else res["grid"]
-                    step = rows * max(1, 2048 // rows)
+                    step = rows * max(1, 1024 // rows)  # ~1k tiles per task
                     pending[sid] = 0
                     for a in range(0, n, step):
                         b = min(n, a + step)

@@ -321,10 +321,12 @@ class Slide(ABC):
         ds = max(w0 / mw, h0 / mh, 1.0)
         return self.read_downsampled(ds)
 
-    def read_downsampled(self, downsample: float, *, strip_px: int = 2048) -> np.ndarray:
+    def read_downsampled(self, downsample: float, *, strip_pixels: int = 1 << 22) -> np.ndarray:
         """The whole slide at ``downsample`` (relative to level 0), as ``(H, W, 3)`` uint8.
 
-        Output size is ``round(w0 / downsample) x round(h0 / downsample)``.
+        Output size is ``round(w0 / downsample) x round(h0 / downsample)``. The level is read
+        in full-width strips of about ``strip_pixels`` pixels, so memory stays at the output
+        plus one strip even for a slide without a pyramid.
         """
         from PIL import Image
 
@@ -335,7 +337,7 @@ class Slide(ABC):
         lw, lh = self.level_dimensions[level]
         sy = lh / oh  # level rows per output row
         out = np.empty((oh, ow, 3), np.uint8)
-        rows_per_strip = max(1, int(strip_px / sy))
+        rows_per_strip = max(1, int(max(1, strip_pixels // lw) / sy))
         for r0 in range(0, oh, rows_per_strip):
             r1 = min(oh, r0 + rows_per_strip)
             ly0, ly1 = r0 * sy, r1 * sy

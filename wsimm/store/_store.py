@@ -69,8 +69,15 @@ def slide_id_from_path(path: str) -> str:
 
 
 def chunk_rows(embed_dim: int) -> int:
-    """Rows per chunk along N: about 1 MiB of float16 features, between 256 and 4096."""
-    return int(min(4096, max(256, (1 << 20) // max(1, 2 * embed_dim))))
+    """Rows per chunk along N: about 1 MiB of float16 features, between 256 and 1024 rows
+    (a chunk is also the unit of work of a tiling task, so it should not get much longer)."""
+    return int(min(1024, max(256, (1 << 20) // max(1, 2 * embed_dim))))
+
+
+def encoder_id(name: str) -> str:
+    """The store key of an encoder name: ``timm:resnet18`` -> ``timm-resnet18`` (keys are
+    file names on every file system)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "encoder"
 
 
 class FeatureStore:
@@ -151,6 +158,7 @@ class FeatureStore:
                     "name one with --encoder"
                 )
             encoder = encs[0]
+        encoder = encoder_id(encoder)
         if encoder not in encs:
             raise KeyError(
                 f"{self.path}: slide {slide_id!r} has no {encoder!r} features "
@@ -159,7 +167,7 @@ class FeatureStore:
         return np.asarray(self._slide(slide_id)["features"][encoder][:])
 
     def feature_attrs(self, slide_id: str, encoder: str) -> dict[str, Any]:
-        return dict(self._slide(slide_id)["features"][encoder].attrs)
+        return dict(self._slide(slide_id)["features"][encoder_id(encoder)].attrs)
 
     # -- writing (used by the pipeline) -------------------------------------------------
     def _require_writable(self) -> None:
@@ -205,6 +213,7 @@ class FeatureStore:
         self._require_writable()
         sg = self._slide(slide_id, complete=False)
         fg = sg.require_group("features")
+        encoder = encoder_id(encoder)
         if encoder in fg:
             del fg[encoder]
         rows = chunk_rows(dim)
@@ -216,11 +225,12 @@ class FeatureStore:
 
     def write_features(self, slide_id: str, encoder: str, start: int, values: np.ndarray) -> None:
         sg = self._slide(slide_id, complete=False)
-        sg["features"][encoder][start : start + len(values)] = values.astype(np.float16)
+        arr = sg["features"][encoder_id(encoder)]
+        arr[start : start + len(values)] = values.astype(np.float16)
 
     def finish_features(self, slide_id: str, encoder: str) -> None:
         sg = self._slide(slide_id, complete=False)
-        sg["features"][encoder].attrs["complete"] = True
+        sg["features"][encoder_id(encoder)].attrs["complete"] = True
 
     def finish_slide(self, slide_id: str) -> None:
         """Mark the slide complete: the last write, after every array is in place."""

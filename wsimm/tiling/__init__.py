@@ -3,5 +3,14 @@
 from __future__ import annotations
 
 from wsimm.tiling._grid import TileGrid, TileSpec, plan_grid, read_tile, tissue_fractions
+from wsimm.tiling._reader import TiffTileReader, open_tile_reader
 
-__all__ = ["TileGrid", "TileSpec", "plan_grid", "read_tile", "tissue_fractions"]
+__all__ = [
+    "TiffTileReader",
+    "TileGrid",
+    "TileSpec",
+    "open_tile_reader",
+    "plan_grid",
+    "read_tile",
+    "tissue_fractions",
+]

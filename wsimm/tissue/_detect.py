@@ -116,22 +116,54 @@ def _disk(r: int) -> np.ndarray:
     return x * x + y * y <= r * r
 
 
-def pen_ink(rgb: np.ndarray) -> np.ndarray:
+def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hue (0-255 for 0-360 deg), saturation, value (max) and min channel, all uint8.
+
+    OpenCV's SIMD colour conversion: tens of times faster than float numpy on a
+    gigapixel slide's thumbnail. Saturation is ``(max - min) / max`` scaled to 255.
+    """
+    import cv2
+
+    rgb = np.ascontiguousarray(rgb)
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL)
+    h, s, v = cv2.split(hsv)
+    r, g, b = cv2.split(rgb)
+    mn = cv2.min(cv2.min(r, g), b)
+    return h, s, v, mn
+
+
+def _deg(d: float) -> int:
+    return round(d * 256 / 360) % 256
+
+
+def pen_ink(rgb: np.ndarray, *, hsv: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
     """Pixels of blue, green or red marker ink, by hue and saturation (``(H, W)`` bool)."""
-    f = rgb.astype(np.float32) / 255.0
-    r, g, b = f[..., 0], f[..., 1], f[..., 2]
-    mx, mn = f.max(axis=2), f.min(axis=2)
-    sat = (mx - mn) / np.maximum(mx, 1e-6)
-    d = np.maximum(mx - mn, 1e-6)
-    hue = (
-        np.where(mx == r, ((g - b) / d) % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4))
-        * 60.0
-    )
-    blue = (hue >= 195) & (hue <= 255) & (sat > 0.35)
-    green = (hue >= 75) & (hue <= 180) & (sat > 0.25)
+    h, s, _, _ = hsv if hsv is not None else _hsv(rgb)
+    blue = (h >= _deg(195)) & (h <= _deg(255)) & (s > 0.35 * 255)
+    green = (h >= _deg(75)) & (h <= _deg(180)) & (s > 0.25 * 255)
     # eosin pink sits at 320-350 deg with moderate saturation; red ink is saturated and orange-red
-    red = ((hue >= 345) | (hue <= 20)) & (sat > 0.6) & (r > 0.35)
+    red = ((h >= _deg(345)) | (h <= _deg(20))) & (s > 0.6 * 255) & (rgb[..., 0] > 0.35 * 255)
     return blue | green | red
+
+
+def _close(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary closing with a disk of radius ``r``; the image is padded so that tissue at the
+    border does not erode."""
+    import cv2
+
+    k = _disk(r).astype(np.uint8)
+    padded = np.pad(mask.view(np.uint8), r)
+    closed = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, k, borderType=cv2.BORDER_CONSTANT,
+                              borderValue=0)  # fmt: skip
+    return closed[r:-r, r:-r].astype(bool)
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected components: labels (int32) and the pixel count of each label."""
+    import cv2
+
+    _, lab, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    return lab, stats[:, cv2.CC_STAT_AREA]
 
 
 def detect_tissue_rgb(
@@ -141,58 +173,61 @@ def detect_tissue_rgb(
 
     Returns ``(mask, method, threshold, pen_fraction)``.
     """
+    import cv2
     from scipy import ndimage
 
     p = params or TissueParams()
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ConfigError(f"detect_tissue_rgb needs (H, W, 3) RGB, got {rgb.shape}")
-    f = rgb.astype(np.float32) / 255.0
-    mx, mn = f.max(axis=2), f.min(axis=2)
-    sat = (mx - mn) / np.maximum(mx, 1e-6)
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    hsv = _hsv(rgb)
+    _, sat, mx, mn = hsv
     k = max(1, round(p.median_um / mpp)) | 1
     border = np.concatenate([mx[0], mx[-1], mx[:, 0], mx[:, -1]])
-    dark_field = float(np.median(border)) < 0.35
+    dark_field = float(np.median(border)) < 0.35 * 255
+
+    def median(x: np.ndarray) -> np.ndarray:
+        return cv2.medianBlur(x, k) if k > 1 else x
+
     if dark_field:
         # fluorescence / dark-field: tissue is brighter than the background
-        val = ndimage.median_filter(mx, size=k) if k > 1 else mx
+        val = median(mx).astype(np.float32) / 255.0
         thr = max(_otsu(val), 0.1)
         mask = val > thr
         method = "otsu-brightness"
         pen = np.zeros_like(mask)
     else:
-        val = ndimage.median_filter(sat, size=k) if k > 1 else sat
+        val = median(sat).astype(np.float32) / 255.0
         thr = max(_otsu(val), p.min_saturation)
         mask = val > thr
         method = "otsu-saturation"
         bad = np.zeros_like(mask)
-        pen = pen_ink(rgb) if p.reject_pen else np.zeros_like(mask)
+        pen = pen_ink(rgb, hsv=hsv) if p.reject_pen else np.zeros_like(mask)
         if pen.any():
             margin = max(1, round(p.pen_margin_um / mpp))
-            bad |= ndimage.binary_dilation(pen, structure=_disk(margin))
+            d = cv2.dilate(pen.view(np.uint8), _disk(margin).astype(np.uint8))
+            bad |= d.astype(bool)
         if p.reject_black:
-            bad |= ndimage.binary_dilation(mx < 0.25, iterations=1)
+            dark = (mx < 0.25 * 255).view(np.uint8)
+            bad |= cv2.dilate(dark, np.ones((3, 3), np.uint8)).astype(bool)
         if p.reject_glare:
-            bad |= (mn > 0.92) & (sat < 0.04)
+            bad |= (mn > 0.92 * 255) & (sat < 0.04 * 255)
         mask &= ~bad
     r = max(0, round(p.close_um / mpp))
     if r:
-        padded = np.pad(mask, r)
-        mask = ndimage.binary_closing(padded, structure=_disk(r))[r:-r, r:-r]
+        mask = _close(mask, r)
     holes = ndimage.binary_fill_holes(mask) & ~mask
     if holes.any():
-        lab, n = ndimage.label(holes)
-        sizes = ndimage.sum_labels(holes, lab, index=np.arange(1, n + 1))
-        small = np.zeros(n + 1, bool)
-        small[1:] = sizes * mpp * mpp < p.max_hole_um2
+        lab, sizes = _components(holes)
+        small = sizes * mpp * mpp < p.max_hole_um2
+        small[0] = False
         mask |= small[lab]
     if not dark_field:
         mask &= ~bad  # closing and hole filling must not bring ink or debris back
-    lab, n = ndimage.label(mask)
-    if n:
-        sizes = ndimage.sum_labels(mask, lab, index=np.arange(1, n + 1))
-        keep = np.zeros(n + 1, bool)
-        keep[1:] = sizes * mpp * mpp >= p.min_area_um2
-        mask = keep[lab]
+    lab, sizes = _components(mask)
+    keep = sizes * mpp * mpp >= p.min_area_um2
+    keep[0] = False
+    mask = keep[lab]
     pen_fraction = float(pen.mean()) if pen.size else 0.0
     return mask, method, float(thr), pen_fraction
 
