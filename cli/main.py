@@ -163,10 +163,15 @@ def tile(
         overwrite=overwrite,
         quiet=quiet,
     )
+    _summary("wsimm tile", report, quiet)
+
+
+def _summary(title: str, report, quiet: bool) -> None:
+    """Per-slide table + totals (unless quiet); failures on stderr; exit 1 if any failed."""
     if not quiet:
         from rich.table import Table
 
-        table = Table(title=f"wsimm tile -> {report.store}")
+        table = Table(title=f"{title} -> {report.store}")
         for col in ("slide", "status", "tiles", "seconds"):
             table.add_column(col, justify="right" if col in ("tiles", "seconds") else "left")
         for r in report.results:
@@ -184,6 +189,75 @@ def tile(
         typer.echo(f"error: {r.error}", err=True)
     if report.failed:
         raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def embed(
+    store: Annotated[Path, typer.Argument(help="Cohort feature store (.zarr).")],
+    encoder: Annotated[str, typer.Option("--encoder", help="Encoder name (wsimm encoders).")],
+    weights: Annotated[
+        str | None,
+        typer.Option("--weights", help="Weights file, hf-hub:ORG/NAME, or random."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Local worker threads.")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Existing Dask scheduler tcp://HOST:PORT.")
+    ] = None,
+    slide: Annotated[
+        list[str] | None, typer.Option("--slide", help="Only these slide ids (repeatable).")
+    ] = None,
+    slides_dir: Annotated[
+        Path | None, typer.Option("--slides-dir", help="Where the slide files are now.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace features from other weights.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Add another encoder's features to a store, without re-tiling."""
+    from wsimm.pipeline import embed_store
+
+    report = embed_store(
+        store,
+        encoder,
+        weights=weights,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        scheduler=scheduler,
+        slides=slide,
+        slides_dir=slides_dir,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
+    _summary("wsimm embed", report, quiet)
+
+
+@app.command()
+@handle_errors
+def encoders() -> None:
+    """List the registered encoders (any timm model also works as timm:<name>)."""
+    from rich.table import Table
+
+    from wsimm.encoders import SPECS, list_encoders
+
+    table = Table(title="wsimm encoders")
+    for col in ("name", "dim", "µm/px", "weights"):
+        table.add_column(col)
+    for name in list_encoders():
+        spec = SPECS.get(name)
+        if spec is None:
+            table.add_row(name, "", "", "built in (numpy)")
+        else:
+            w = f"gated: huggingface.co/{spec.hub}" if spec.gated else f"hf-hub:{spec.hub}"
+            table.add_row(name, str(spec.embed_dim), str(spec.mpp or "any"), w)
+    table.add_row("timm:<name>", "", "", "any timm model; --weights PATH or hf-hub")
+    stdout_console().print(table)
 
 
 @app.command("export-h5")

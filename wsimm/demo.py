@@ -1,8 +1,9 @@
 """``wsimm demo``: the whole pipeline on a synthetic cohort wsimm generates itself.
 
 The demo grows with the pipeline. Today it writes a small synthetic cohort (slide files,
-labels, clinical and omics tables), reads every slide back through the slide readers, and
-writes a report. Later stages (tile, train, heatmap) append their steps here.
+labels, clinical and omics tables), reads every slide back through the slide readers, tiles
+every slide into a Zarr feature store with QC images, and writes a report. Later stages
+(train, heatmap) append their steps here.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def run_demo(
     """Run the demo pipeline into ``out`` and return what it made.
 
     Steps: (1) synthetic cohort with slide files and tables, (2) slide metadata through the
-    readers. ``out/report.json`` records every step with its timing.
+    readers, (3) ``wsimm tile`` into ``out/features.zarr`` with the ``test_tiny`` encoder and
+    QC images in ``out/qc``. ``out/report.json`` records every step with its timing.
     """
     from wsimm.slide import inspect_slides
     from wsimm.testing import make_cohort
@@ -90,6 +92,26 @@ def run_demo(
                 "seconds": round(time.perf_counter() - t0, 3),
             }
         )
+
+    from wsimm.pipeline import tile_slides
+
+    t0 = time.perf_counter()
+    store = root / "features.zarr"
+    rep = tile_slides([root / "slides"], store, encoder="test_tiny", qc_dir=root / "qc",
+                      quiet=quiet)  # fmt: skip
+    res.files["store"] = store
+    res.files["qc"] = root / "qc"
+    res.steps.append(
+        {
+            "step": "tile",
+            "slides": len(rep.results),
+            "done": sum(r.status == "done" for r in rep.results),
+            "skipped": sum(r.status == "skipped" for r in rep.results),
+            "failed": [r.error for r in rep.failed],
+            "tiles": sum(r.tiles for r in rep.results),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+    )
 
     report = root / "report.json"
     report.write_text(

@@ -106,7 +106,7 @@ def _plan(job: dict[str, Any]) -> dict[str, Any]:
             downsample=tm.downsample,
             coords=grid.coords,
             tile_size0=grid.size0,
-            title=f"{job['slide_id']}: {len(grid)} tiles at {spec.mpp} µm/px",
+            title=f"{job['slide_id']}: {len(grid)} tiles at {spec.mpp} um/px",
             path=Path(job["qc_dir"]) / f"{job['slide_id']}.png",
         )
     return {
@@ -201,6 +201,22 @@ def _prefetch(it: Any, depth: int = 2) -> Any:
     finally:
         stop.set()
         th.join(timeout=5)
+
+
+def default_workers(enc: Any) -> int:
+    """Local worker threads when ``--workers`` is not given.
+
+    A model on the CPU already uses every core for its forward pass: one task thread (plus
+    its read-ahead thread) keeps it busy, and a second thread only contends for the cores
+    (measured: 0.93 vs 0.80 of model-only throughput with resnet50_trunc on 2 cores). Cheap
+    encoders, coordinates-only runs and GPU models get one thread per core, so tiles are
+    decoded in parallel.
+    """
+    cores = os.cpu_count() or 1
+    device = getattr(enc, "device", None)
+    if enc is not None and getattr(enc, "model", None) is not None:
+        return cores if getattr(device, "type", "cpu") == "cuda" else 1
+    return cores
 
 
 def _chunk_task(job: dict[str, Any], grid: Any, start: int, stop: int) -> int:
@@ -334,7 +350,7 @@ def tile_slides(
     fs = open_store(store, "a")
     report = TileReport(store=fs.path)
     params = _params(spec, tissue, slide_mpp)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or default_workers(_encoder(enc_name, weights, device) if enc_name else None)
 
     with fs.lock():
         jobs: dict[str, dict[str, Any]] = {}
@@ -381,6 +397,28 @@ def tile_slides(
     order = {sid: i for i, sid in enumerate(ids)}
     report.results.sort(key=lambda r: order.get(r.slide_id, 0))
     return report
+
+
+def _submit_chunks(client, fs, job, grid, futs, ac, *, scatter: bool) -> int:
+    """Create the slide's features array and submit its chunk tasks (aligned to the array's
+    Zarr chunks, ~1k tiles each); returns how many were submitted."""
+    enc = _encoder(job["encoder"], job["weights"], job["device"])
+    n = len(grid.coords)
+    rows = fs.begin_features(
+        job["slide_id"], job["encoder"], n=n, dim=enc.cfg.embed_dim,
+        attrs={"encoder": job["encoder"], "cfg": enc.cfg.to_dict(), "weights": job["weights"],
+               "weights_fingerprint": enc.weights_fingerprint},
+    )  # fmt: skip
+    g = client.scatter(grid) if scatter else grid
+    step = rows * max(1, 1024 // rows)
+    count = 0
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        f = client.submit(_chunk_task, job, g, a, b, retries=2, pure=False)
+        futs[f] = ("chunk", job["slide_id"], b - a)
+        ac.add(f)
+        count += 1
+    return count
 
 
 def _run(jobs, fs, report, params, workers, scheduler, quiet, as_completed) -> None:
@@ -456,22 +494,8 @@ def _run(jobs, fs, report, params, workers, scheduler, quiet, as_completed) -> N
                         _finish(fs, report, job, n, t0[sid])
                         bar.advance(t_slides)
                         continue
-                    enc = _encoder(job["encoder"], job["weights"], job["device"])
-                    rows = fs.begin_features(
-                        sid, job["encoder"], n=n, dim=enc.cfg.embed_dim,
-                        attrs={"encoder": job["encoder"], "cfg": enc.cfg.to_dict(),
-                               "weights": job["weights"],
-                               "weights_fingerprint": enc.weights_fingerprint},
-                    )  # fmt: skip
-                    grid = client.scatter(res["grid"]) if scheduler else res["grid"]
-                    step = rows * max(1, 1024 // rows)  # ~1k tiles per task
-                    pending[sid] = 0
-                    for a in range(0, n, step):
-                        b = min(n, a + step)
-                        f = client.submit(_chunk_task, job, grid, a, b, retries=2, pure=False)
-                        futs[f] = ("chunk", sid, b - a)
-                        ac.add(f)
-                        pending[sid] += 1
+                    pending[sid] = _submit_chunks(client, fs, job, res["grid"], futs, ac,
+                                                  scatter=bool(scheduler))  # fmt: skip
                 else:
                     tiles_done[sid] += res
                     bar.advance(t_tiles, res)

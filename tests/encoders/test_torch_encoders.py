@@ -1,0 +1,167 @@
+"""torch/timm encoders: every built-in architecture round-trips weights a test saves, the
+truncated ResNet50 equals a hand-built one, and bad weights fail with the keys named."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+from wsimm.encoders import SPECS, TorchEncoder, create_encoder, list_encoders  # noqa: E402
+from wsimm.encoders._torch import _create  # noqa: E402
+from wsimm.errors import ConfigError  # noqa: E402
+
+
+def _tiles(n: int = 2, size: int = 224, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def _filled(name: str):
+    """The built-in architecture with seeded random weights, built without timm's (slow)
+    initialisation: meta tensors, then every parameter drawn from N(0, 0.02)."""
+    import timm
+
+    spec = SPECS[name]
+    kwargs = dict(spec.kwargs)
+    kwargs.setdefault("num_classes", 0)
+    model = _create(timm, spec.arch, kwargs, pretrained=False, meta=True).to_empty(device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "name", ["uni", "uni2-h", "virchow", "virchow2", "prov-gigapath", "h-optimus-0"]
+)
+def test_foundation_model_weights_round_trip_exactly(name, tmp_path):
+    from safetensors.torch import save_file
+
+    model = _filled(name)
+    path = tmp_path / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    enc = create_encoder(name, weights=str(path), device="cpu")
+    assert enc.cfg.embed_dim == SPECS[name].embed_dim
+    x = _tiles(1)
+    ref = TorchEncoder(model, enc.cfg, device="cpu", fingerprint=None).encode(x)
+    out = enc.encode(x)
+    assert out.shape == (1, SPECS[name].embed_dim)
+    np.testing.assert_array_equal(out, ref)
+    assert enc.weights_fingerprint.startswith("sha1:")
+    del model, enc
+    path.unlink()
+    gc.collect()
+
+
+def test_virchow_pools_class_and_mean_patch_tokens(tmp_path):
+    from safetensors.torch import save_file
+
+    model = _filled("virchow2")
+    path = tmp_path / "v2.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    enc = create_encoder("virchow2", weights=str(path), device="cpu")
+    x = enc.preprocess(_tiles(1))
+    with torch.inference_mode():
+        tokens = model.forward_features(x)
+    assert model.num_prefix_tokens == 5  # class token + 4 registers
+    want = torch.cat([tokens[:, 0], tokens[:, 5:].mean(1)], dim=1).numpy()
+    np.testing.assert_allclose(enc.forward(x).numpy(), want, rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def resnet50_file(tmp_path_factory):
+    """A full timm ResNet50 (layer4 and fc included) saved as a wrapped, prefixed .pth."""
+    import timm
+
+    torch.manual_seed(1)
+    full = timm.create_model("resnet50", pretrained=False).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        for m in full.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("w") / "resnet50.pth"
+    sd = {f"module.{k}": v for k, v in full.state_dict().items()}
+    torch.save({"state_dict": sd, "epoch": 3}, path)
+    return full, path
+
+
+def test_resnet50_trunc_equals_hand_built_truncation(resnet50_file):
+    full, path = resnet50_file
+    enc = create_encoder("resnet50_trunc", weights=str(path), device="cpu")
+    assert enc.cfg.embed_dim == 1024
+    x = enc.preprocess(_tiles(3))
+    with torch.inference_mode():
+        h = full.maxpool(full.act1(full.bn1(full.conv1(x))))
+        h = full.layer3(full.layer2(full.layer1(h)))
+        want = h.mean(dim=(2, 3))
+    got = enc.forward(x)
+    assert float((got - want).abs().max()) < 1e-5
+
+
+def test_wrong_weights_name_the_keys(tmp_path, resnet50_file):
+    import timm
+
+    r18 = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    p = tmp_path / "r18.pth"
+    torch.save(r18.state_dict(), p)
+    with pytest.raises(ConfigError) as e:
+        create_encoder("resnet50_trunc", weights=str(p), device="cpu")
+    msg = str(e.value)
+    assert "r18.pth" in msg and "missing keys" in msg and "--weights" in msg
+    assert "shape mismatches" in msg and "layer1.0.conv1.weight" in msg
+    _, r50 = resnet50_file
+    with pytest.raises(ConfigError, match=r"missing keys: .*blocks"):
+        create_encoder("uni", weights=str(r50), device="cpu")
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot read weights"):
+        create_encoder("resnet50_trunc", weights=str(junk), device="cpu")
+    with pytest.raises(ConfigError, match="does not exist"):
+        create_encoder("resnet50_trunc", weights=str(tmp_path / "nope.pth"), device="cpu")
+
+
+@pytest.mark.parametrize("name", ["uni", "uni2-h", "virchow", "virchow2", "h-optimus-0"])
+def test_gated_models_without_weights_say_where_to_get_them(name):
+    with pytest.raises(ConfigError) as e:
+        create_encoder(name, device="cpu")
+    assert "huggingface.co/" in str(e.value) and "--weights" in str(e.value)
+
+
+def test_any_timm_model_by_name(tmp_path):
+    enc = create_encoder("timm:resnet18", weights="random", device="cpu")
+    assert enc.cfg.embed_dim == 512
+    assert enc.encode(_tiles(2, 256)).shape == (2, 512)  # other tile sizes are resized
+    vit = create_encoder("timm:vit_tiny_patch16_224", weights="random", device="cpu")
+    assert vit.encode(_tiles(1)).shape == (1, 192)
+    with pytest.raises(ConfigError, match="did you mean timm:resnet50"):
+        create_encoder("timm:resnet5O", device="cpu")
+    with pytest.raises(ConfigError, match="did you mean"):
+        create_encoder("resnet50_trunk")
+    assert {"resnet50_trunc", "uni", "virchow2", "test_tiny"} <= set(list_encoders())
+
+
+def test_state_dict_formats_load_the_same(tmp_path):
+    from safetensors.torch import save_file
+
+    enc = create_encoder("timm:resnet18", weights="random", device="cpu")
+    sd = enc.model.state_dict()
+    files = {
+        "a.safetensors": None,
+        "b.bin": {k: v for k, v in sd.items()},
+        "c.pth": {"model": {f"backbone.{k}": v for k, v in sd.items()}},
+    }
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "a.safetensors"))
+    for name, obj in files.items():
+        if obj is not None:
+            torch.save(obj, tmp_path / name)
+    x = _tiles(2)
+    ref = enc.encode(x)
+    for name in files:
+        other = create_encoder("timm:resnet18", weights=str(tmp_path / name), device="cpu")
+        np.testing.assert_array_equal(other.encode(x), ref)
