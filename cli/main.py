@@ -141,6 +141,10 @@ def tile(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace slides tiled with other parameters.")
     ] = False,
+    stain_norm: Annotated[
+        str,
+        typer.Option("--stain-norm", help="none, or macenko (fitted per slide) before encoding."),
+    ] = "none",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Tissue -> tiles -> embeddings into the Zarr feature store."""
@@ -161,6 +165,7 @@ def tile(
         slide_mpp=slide_mpp,
         qc_dir=qc_dir,
         overwrite=overwrite,
+        stain_norm=stain_norm,
         quiet=quiet,
     )
     _summary("wsimm tile", report, quiet)

@@ -122,6 +122,7 @@ def embed_store(
                 "weights": weights,
                 "device": device,
                 "batch_size": batch_size,
+                "stain": a.get("stain_model"),  # the slide's own normalisation, if tiled so
             }
         if jobs:
             _run_embed(jobs, fs, report, workers or default_workers(enc), scheduler, quiet,

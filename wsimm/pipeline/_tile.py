@@ -99,6 +99,14 @@ def _plan(job: dict[str, Any]) -> dict[str, Any]:
     grid = plan_grid(
         s.dimensions, s.level_downsamples, mpp, spec, mask=tm.mask, mask_downsample=tm.downsample
     )
+    stain = None
+    if job.get("stain_norm") == "macenko":
+        from wsimm.tiling._stain import fit_macenko
+
+        try:
+            stain = fit_macenko(tm.thumbnail, tm.mask).to_dict()
+        except ConfigError as e:
+            raise ConfigError(f"{job['path']}: {e}") from e
     if job.get("qc_dir"):
         draw_qc(
             tm.thumbnail,
@@ -128,8 +136,11 @@ def _plan(job: dict[str, Any]) -> dict[str, Any]:
             "tissue_method": tm.method,
             "tissue_threshold": tm.threshold,
             "tissue_area_um2": tm.area_um2,
+            "stain_norm": job.get("stain_norm"),
+            "stain_model": stain,
         },
         "grid": grid,
+        "stain": stain,
     }
 
 
@@ -235,6 +246,12 @@ def _chunk_task(job: dict[str, Any], grid: Any, start: int, stop: int) -> int:
     batches = _read_batches(s, grid, coords, job["batch_size"], job.get("fast_reader", True))
     if getattr(enc, "model", None) is not None:
         batches = _prefetch(batches)
+    stain = job.get("stain")
+    if stain is not None:
+        from wsimm.tiling._stain import StainModel, normalize_stains
+
+        model = StainModel.from_dict(stain)
+        batches = (normalize_stains(b, model) for b in batches)
     row = 0
     for batch in batches:
         out[row : row + len(batch)] = enc.encode(batch)
@@ -265,8 +282,10 @@ def _client(workers: int, scheduler: str | None) -> tuple[Any, Any]:
     return Client(cluster), cluster
 
 
-def _params(spec: TileSpec, tissue: TissueParams, slide_mpp: float | None) -> dict[str, Any]:
-    return {
+def _params(
+    spec: TileSpec, tissue: TissueParams, slide_mpp: float | None, stain_norm: str | None = None
+) -> dict[str, Any]:
+    params: dict[str, Any] = {
         "target_mpp": spec.mpp,
         "tile_px": spec.tile_px,
         "stride_px": spec.stride_px,
@@ -275,6 +294,9 @@ def _params(spec: TileSpec, tissue: TissueParams, slide_mpp: float | None) -> di
         "tissue_params": tissue.to_dict(),
         "slide_mpp_override": slide_mpp,
     }
+    if stain_norm:  # only when used, so stores tiled before the option keep matching
+        params["stain_norm"] = stain_norm
+    return params
 
 
 def tile_slides(
@@ -292,6 +314,7 @@ def tile_slides(
     slide_mpp: float | None = None,
     qc_dir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    stain_norm: str | None = None,
     quiet: bool = False,
 ) -> TileReport:
     """Tile slides into a cohort feature store.
@@ -317,6 +340,9 @@ def tile_slides(
         Folder for one QC PNG per slide (tissue contour + tile grid).
     overwrite
         Replace complete slides tiled with different parameters (otherwise an error).
+    stain_norm
+        ``"macenko"``: fit stain vectors per slide (tissue pixels of the thumbnail) and map
+        every tile onto the reference H&E stains before encoding; ``None``: raw pixels.
 
     Returns
     -------
@@ -349,7 +375,10 @@ def tile_slides(
         ids[sid] = p
     fs = open_store(store, "a")
     report = TileReport(store=fs.path)
-    params = _params(spec, tissue, slide_mpp)
+    if stain_norm not in (None, "none", "macenko"):
+        raise ConfigError(f"--stain-norm must be none or macenko, got {stain_norm!r}")
+    stain_norm = None if stain_norm == "none" else stain_norm
+    params = _params(spec, tissue, slide_mpp, stain_norm)
     workers = workers or default_workers(_encoder(enc_name, weights, device) if enc_name else None)
 
     with fs.lock():
@@ -386,6 +415,7 @@ def tile_slides(
                 "device": device,
                 "batch_size": batch_size,
                 "fingerprint": fp,
+                "stain_norm": stain_norm,
             }
         for sid in fs.all_slide_ids():  # leftovers of a killed run
             if sid not in complete and sid not in jobs:
@@ -488,6 +518,7 @@ def _run(jobs, fs, report, params, workers, scheduler, quiet, as_completed) -> N
                         mask_downsample=res["mask_downsample"],
                         attrs=attrs,
                     )
+                    job["stain"] = res.get("stain")
                     total_tiles += n
                     bar.update(t_tiles, total=total_tiles)
                     if job["encoder"] is None:
