@@ -18,7 +18,7 @@ def test_version_and_help():
     assert r.exit_code == 0 and r.stdout.startswith("wsimm ")
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0
-    for cmd in ("info", "demo"):
+    for cmd in ("info", "tile", "embed", "encoders", "export-h5", "import-h5", "demo"):
         assert cmd in r.stdout
 
 
@@ -77,3 +77,20 @@ def test_demo_runs_end_to_end(tmp_path):
     assert steps["cohort"]["slides"] >= 3
     assert steps["inspect"]["failed"] == []
     assert (out / "tables" / "labels.csv").exists()
+    # the demo tiles every slide into the store, with a QC image each
+    assert steps["tile"]["failed"] == [] and steps["tile"]["done"] == steps["cohort"]["slides"]
+    assert steps["tile"]["tiles"] > 0
+    assert len(list((out / "qc").glob("*.png"))) == steps["cohort"]["slides"]
+
+
+def test_encoders_listing_and_bad_options_are_one_line(tmp_path, synthetic_slide):
+    r = runner.invoke(app, ["encoders"])
+    assert r.exit_code == 0
+    for name in ("resnet50_trunc", "uni", "virchow2", "h-optimus-0", "timm:<name>"):
+        assert name in r.stdout
+    r = runner.invoke(app, ["tile", str(synthetic_slide.path), "--store", str(tmp_path / "s.zarr"),
+                            "--stain-norm", "reinhard"])  # fmt: skip
+    assert r.exit_code == 1 and "--stain-norm" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["embed", str(tmp_path / "none.zarr"), "--encoder", "mean_rgb"])
+    assert r.exit_code == 1 and "no such feature store" in r.output
+    assert not (tmp_path / "none.zarr").exists()

@@ -77,6 +77,8 @@ def embed_store(
     t_start = time.perf_counter()
     if encoder in (None, "none"):
         raise ConfigError("wsimm embed needs an --encoder")
+    if not os.path.isdir(store):
+        raise ConfigError(f"{os.fspath(store)}: no such feature store; create it with wsimm tile")
     enc = _encoder(encoder, weights, device)
     fs = open_store(store, "a")
     report = TileReport(store=fs.path)
