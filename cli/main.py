@@ -45,6 +45,18 @@ Backend = Annotated[
     typer.Option("--backend", help="Slide reader: auto (probe), openslide or tiffslide."),
 ]
 
+# options shared by the commands that run encoders over a cohort (tile, embed)
+Weights = Annotated[
+    str | None, typer.Option("--weights", help="Weights file, hf-hub:ORG/NAME, or random.")
+]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1)]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+Workers = Annotated[int | None, typer.Option("--workers", min=1, help="Local worker threads.")]
+Scheduler = Annotated[
+    str | None, typer.Option("--scheduler", help="Existing Dask scheduler tcp://HOST:PORT.")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+
 
 @app.command()
 @handle_errors
@@ -119,15 +131,11 @@ def tile(
     encoder: Annotated[
         str, typer.Option("--encoder", help="Encoder name, or 'none' for coordinates only.")
     ] = "test_tiny",
-    weights: Annotated[str | None, typer.Option("--weights", help="Encoder weights.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="Local worker threads.")
-    ] = None,
-    scheduler: Annotated[
-        str | None, typer.Option("--scheduler", help="Existing Dask scheduler tcp://HOST:PORT.")
-    ] = None,
+    weights: Weights = None,
+    batch_size: BatchSize = 64,
+    device: Device = "auto",
+    workers: Workers = None,
+    scheduler: Scheduler = None,
     slide_mpp: Annotated[
         float | None,
         typer.Option("--slide-mpp", help="Level-0 µm/px for slides that do not record it."),
@@ -145,7 +153,7 @@ def tile(
         str,
         typer.Option("--stain-norm", help="none, or macenko (fitted per slide) before encoding."),
     ] = "none",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Tissue -> tiles -> embeddings into the Zarr feature store."""
     from wsimm.pipeline import tile_slides
@@ -201,18 +209,11 @@ def _summary(title: str, report, quiet: bool) -> None:
 def embed(
     store: Annotated[Path, typer.Argument(help="Cohort feature store (.zarr).")],
     encoder: Annotated[str, typer.Option("--encoder", help="Encoder name (wsimm encoders).")],
-    weights: Annotated[
-        str | None,
-        typer.Option("--weights", help="Weights file, hf-hub:ORG/NAME, or random."),
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="Local worker threads.")
-    ] = None,
-    scheduler: Annotated[
-        str | None, typer.Option("--scheduler", help="Existing Dask scheduler tcp://HOST:PORT.")
-    ] = None,
+    weights: Weights = None,
+    batch_size: BatchSize = 64,
+    device: Device = "auto",
+    workers: Workers = None,
+    scheduler: Scheduler = None,
     slide: Annotated[
         list[str] | None, typer.Option("--slide", help="Only these slide ids (repeatable).")
     ] = None,
@@ -222,7 +223,7 @@ def embed(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace features from other weights.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Add another encoder's features to a store, without re-tiling."""
     from wsimm.pipeline import embed_store
@@ -302,7 +303,7 @@ def demo(
     ),
     patients: Annotated[int, typer.Option("--patients", min=4, help="Synthetic patients.")] = 12,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Run the whole pipeline on a synthetic cohort wsimm generates itself."""
     from wsimm.demo import run_demo

@@ -58,7 +58,7 @@ def _swiglu_silu() -> dict[str, Any]:
     return {"mlp_layer": timm.layers.SwiGLUPacked, "act_layer": torch.nn.SiLU}
 
 
-# kwargs that need torch/timm classes are added lazily in build_model (see _LAYERS)
+# kwargs that need torch/timm classes ("_swiglu") are resolved lazily in _create
 SPECS: dict[str, ModelSpec] = {
     "resnet50_trunc": ModelSpec(
         arch="resnet50",
@@ -126,26 +126,6 @@ SPECS: dict[str, ModelSpec] = {
         gated=True,
         note="class token concatenated with the mean patch token",
     ),
-    "virchow2": ModelSpec(
-        arch="vit_huge_patch14_224",
-        embed_dim=2560,
-        kwargs={
-            "img_size": 224,
-            "init_values": 1e-5,
-            "num_classes": 0,
-            "mlp_ratio": 5.3375,
-            "global_pool": "",
-            "dynamic_img_size": True,
-            "reg_tokens": 4,
-            "_swiglu": True,
-        },
-        mpp=0.5,
-        precision="fp16",
-        pooling="cls+mean",
-        hub="paige-ai/Virchow2",
-        gated=True,
-        note="class token concatenated with the mean patch token (registers excluded)",
-    ),
     "prov-gigapath": ModelSpec(
         arch="vit_giant_patch14_dinov2",
         embed_dim=1536,
@@ -180,6 +160,13 @@ SPECS: dict[str, ModelSpec] = {
         gated=True,
     ),
 }
+# Virchow2 is Virchow's architecture with 4 register tokens (excluded from the mean)
+SPECS["virchow2"] = replace(
+    SPECS["virchow"],
+    kwargs={**SPECS["virchow"].kwargs, "reg_tokens": 4},
+    hub="paige-ai/Virchow2",
+    note="class token concatenated with the mean patch token (registers excluded)",
+)
 
 
 def _require_timm() -> Any:
@@ -191,31 +178,28 @@ def _require_timm() -> Any:
     return timm
 
 
-class _TruncatedResNet:
-    """Factory for a timm ResNet cut after a stage, with global average pooling. Its state
-    dict keys are the ResNet's own (minus the dropped stages), so ResNet checkpoints load."""
+def _truncated_resnet(resnet: Any, stage: str) -> Any:
+    """A timm ResNet cut after ``stage``, with global average pooling. Its state dict keys
+    are the ResNet's own (minus the dropped stages), so ResNet checkpoints load."""
+    import torch
 
-    @staticmethod
-    def build(resnet: Any, stage: str) -> Any:
-        import torch
+    stages = ["layer1", "layer2", "layer3", "layer4"]
+    keep = stages[: stages.index(stage) + 1]
 
-        stages = ["layer1", "layer2", "layer3", "layer4"]
-        keep = stages[: stages.index(stage) + 1]
+    class TruncatedResNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for name in ("conv1", "bn1", "act1", "maxpool", *keep):
+                setattr(self, name, getattr(resnet, name))
+            self.stages = keep
 
-        class TruncatedResNet(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                for name in ("conv1", "bn1", "act1", "maxpool", *keep):
-                    setattr(self, name, getattr(resnet, name))
-                self.stages = keep
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+            for s in self.stages:
+                x = getattr(self, s)(x)
+            return torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
 
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-                for s in self.stages:
-                    x = getattr(self, s)(x)
-                return torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
-
-        return TruncatedResNet()
+    return TruncatedResNet()
 
 
 def _create(timm: Any, arch: str, kwargs: dict[str, Any], *, pretrained: bool, meta: bool) -> Any:
@@ -249,7 +233,7 @@ def build_model(name: str, spec: ModelSpec, weights: str | None) -> tuple[Any, s
 
     def finish(model: Any) -> Any:
         if spec.truncate_after:
-            model = _TruncatedResNet.build(model, spec.truncate_after)
+            model = _truncated_resnet(model, spec.truncate_after)
         return model.eval()
 
     if weights is None:

@@ -10,6 +10,7 @@ fractional extent, and resized to ``tile_px`` (see :func:`read_tile`).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -215,17 +216,12 @@ def read_tile(slide: Any, grid: TileGrid, xy: tuple[int, int], *, reader: Any = 
     return np.asarray(img.resize((t, t), resample, box=(0.0, 0.0, extent, extent)))
 
 
-_CV2: list[Any] = []
-
-
+@functools.cache
 def _cv2() -> Any:
     """OpenCV if installed (``opencv-python-headless``), else ``None``."""
-    if not _CV2:
-        try:
-            import cv2
-
-            cv2.setNumThreads(1)  # tiles are parallel already; no nested thread pools
-            _CV2.append(cv2)
-        except ImportError:
-            _CV2.append(None)
-    return _CV2[0]
+    try:
+        import cv2
+    except ImportError:
+        return None
+    cv2.setNumThreads(1)  # tiles are parallel already; no nested thread pools
+    return cv2
