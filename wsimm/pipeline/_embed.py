@@ -17,6 +17,7 @@ from wsimm.pipeline._tile import (
     SlideResult,
     TileReport,
     _client,
+    _count_tiles,
     _encoder,
     _submit_chunks,
     default_workers,
@@ -98,7 +99,7 @@ def embed_store(
             if eid in fs.encoders(sid):
                 old = fs.feature_attrs(sid, encoder).get("weights_fingerprint")
                 if old == enc.weights_fingerprint and not overwrite:
-                    report.results.append(SlideResult(sid, path, "skipped", len(fs.coords(sid))))
+                    report.results.append(SlideResult(sid, path, "skipped", a.get("n_tiles", 0)))
                     continue
                 if not overwrite:
                     report.results.append(SlideResult(sid, path, "failed", error=(
@@ -143,11 +144,12 @@ def _run_embed(jobs, fs, report, workers, scheduler, quiet, as_completed, progre
     failed: set[str] = set()
     try:
         with progress(quiet=quiet) as bar:
-            total = sum(len(fs.coords(sid)) for sid in jobs)
+            grids = {sid: _grid_from_store(fs, sid) for sid in jobs}
+            total = sum(len(g.coords) for g in grids.values())
             t_tiles = bar.add_task("tiles", total=total, rate="")
             started = time.perf_counter()
             for sid, job in jobs.items():
-                grid = _grid_from_store(fs, sid)
+                grid = grids.pop(sid)
                 pending[sid] = _submit_chunks(client, fs, job, grid, futs, ac,
                                               scatter=bool(scheduler))  # fmt: skip
             for fut in ac:
@@ -161,10 +163,7 @@ def _run_embed(jobs, fs, report, workers, scheduler, quiet, as_completed, progre
                     report.results.append(SlideResult(sid, jobs[sid]["path"], "failed", error=(
                         f"{jobs[sid]['path']}: {type(e).__name__}: {e}")))  # fmt: skip
                     continue
-                done[sid] += n
-                bar.advance(t_tiles, n)
-                rate = sum(done.values()) / max(1e-9, time.perf_counter() - started)
-                bar.update(t_tiles, rate=f"{rate:,.0f} tiles/s")
+                _count_tiles(bar, t_tiles, done, sid, n, started)
                 pending[sid] -= 1
                 if pending[sid] == 0:
                     fs.finish_features(sid, jobs[sid]["encoder"])

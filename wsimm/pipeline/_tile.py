@@ -156,12 +156,12 @@ def _encoder(name: str, weights: str | None, device: str) -> Any:
     return _ENCODERS[key]
 
 
-def _read_batches(slide: Any, grid: Any, coords: np.ndarray, bs: int, fast: bool):
+def _read_batches(slide: Any, grid: Any, coords: np.ndarray, bs: int):
     """Yield ``(B, tile_px, tile_px, 3)`` uint8 batches of ``coords`` (fresh arrays)."""
     from wsimm.tiling import open_tile_reader, read_tile
 
     t = grid.spec.tile_px
-    reader = open_tile_reader(slide, grid.level) if fast else None
+    reader = open_tile_reader(slide, grid.level)
     try:
         for b0 in range(0, len(coords), bs):
             part = coords[b0 : b0 + bs]
@@ -243,7 +243,7 @@ def _chunk_task(job: dict[str, Any], grid: Any, start: int, stop: int) -> int:
     enc = _encoder(job["encoder"], job["weights"], job["device"])
     coords = grid.coords[start:stop]
     out = np.empty((len(coords), enc.cfg.embed_dim), np.float32)
-    batches = _read_batches(s, grid, coords, job["batch_size"], job.get("fast_reader", True))
+    batches = _read_batches(s, grid, coords, job["batch_size"])
     if getattr(enc, "model", None) is not None:
         batches = _prefetch(batches)
     stain = job.get("stain")
@@ -451,6 +451,14 @@ def _submit_chunks(client, fs, job, grid, futs, ac, *, scatter: bool) -> int:
     return count
 
 
+def _count_tiles(bar, task, done: dict[str, int], sid: str, n: int, started: float) -> None:
+    """Book ``n`` finished tiles of ``sid`` and show the overall tiles/s."""
+    done[sid] += n
+    bar.advance(task, n)
+    rate = sum(done.values()) / max(1e-9, time.perf_counter() - started)
+    bar.update(task, rate=f"{rate:,.0f} tiles/s")
+
+
 def _run(jobs, fs, report, params, workers, scheduler, quiet, as_completed) -> None:
     client, cluster = _client(workers, scheduler)
     t0 = {sid: time.perf_counter() for sid in jobs}
@@ -528,10 +536,7 @@ def _run(jobs, fs, report, params, workers, scheduler, quiet, as_completed) -> N
                     pending[sid] = _submit_chunks(client, fs, job, res["grid"], futs, ac,
                                                   scatter=bool(scheduler))  # fmt: skip
                 else:
-                    tiles_done[sid] += res
-                    bar.advance(t_tiles, res)
-                    rate = sum(tiles_done.values()) / max(1e-9, time.perf_counter() - started)
-                    bar.update(t_tiles, rate=f"{rate:,.0f} tiles/s")
+                    _count_tiles(bar, t_tiles, tiles_done, sid, res, started)
                     pending[sid] -= 1
                     if pending[sid] == 0:
                         fs.finish_features(sid, job["encoder"])

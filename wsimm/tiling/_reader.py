@@ -45,6 +45,7 @@ class TiffTileReader:
         self._fd = os.open(path, os.O_RDONLY)
         self._cache: dict[tuple[int, int], np.ndarray | None] = {}
         self._buf: np.ndarray | None = None
+        self._low_row = 1 << 62  # lowest TIFF tile row in the cache
         self.decoded = 0  # TIFF tiles decoded so far (for benchmarks and tests)
 
     def close(self) -> None:
@@ -52,6 +53,7 @@ class TiffTileReader:
             os.close(self._fd)
             self._fd = -1
         self._cache.clear()
+        self._low_row = 1 << 62
 
     def __enter__(self) -> TiffTileReader:
         return self
@@ -78,13 +80,16 @@ class TiffTileReader:
                 arr = np.asarray(seg).reshape(seg.shape[-3:])[..., :3]
                 self.decoded += 1
             self._cache[key] = arr
+            self._low_row = min(self._low_row, ty)
         return arr
 
     def _evict(self, row: int) -> None:
-        """Drop decoded tiles of TIFF tile rows above ``row``."""
-        if self._cache and min(self._cache)[0] < row:
+        """Drop decoded tiles of TIFF tile rows above ``row`` (a scan of the cache only when
+        the reads have moved past its lowest row, not on every read)."""
+        if row > self._low_row:
             for k in [k for k in self._cache if k[0] < row]:
                 del self._cache[k]
+            self._low_row = min((k[0] for k in self._cache), default=1 << 62)
 
     def read_level(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """``(h, w, 3)`` uint8 pixels of this level starting at level pixel ``(x, y)``;
