@@ -297,6 +297,129 @@ def import_h5_cmd(
 
 @app.command()
 @handle_errors
+def train(
+    store: Annotated[Path | None, typer.Option("--store", help="Feature store (.zarr).")] = None,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="CSV/TSV/parquet: patient, slide, outcomes.")
+    ] = None,
+    task: Annotated[str | None, typer.Option("--task", help="grade or survival.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory to write.")] = None,
+    label_col: Annotated[str | None, typer.Option("--label-col")] = None,
+    time_col: Annotated[str | None, typer.Option("--time-col")] = None,
+    event_col: Annotated[
+        str | None, typer.Option("--event-col", help="1 = event observed, 0 = censored.")
+    ] = None,
+    censorship_col: Annotated[
+        str | None,
+        typer.Option("--censorship-col", help="Use instead of --event-col when 1 = censored."),
+    ] = None,
+    patient_col: Annotated[str | None, typer.Option("--patient-col")] = None,
+    slide_col: Annotated[str | None, typer.Option("--slide-col")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="mean, max, abmil, abmil_gated, clam_sb, clam_mb, transmil."),
+    ] = None,
+    encoder: Annotated[str | None, typer.Option("--encoder", help="Which features.")] = None,
+    folds: Annotated[int | None, typer.Option("--folds", min=2)] = None,
+    splits: Annotated[
+        Path | None, typer.Option("--splits", help="splits.csv, a run dir, or CLAM splits_k.csv.")
+    ] = None,
+    survival_loss: Annotated[
+        str | None, typer.Option("--survival-loss", help="nll (discrete time) or cox.")
+    ] = None,
+    multi_slide: Annotated[
+        str | None,
+        typer.Option("--multi-slide", help="tiles (pool a patient's tiles) or slides."),
+    ] = None,
+    max_tiles: Annotated[
+        int | None, typer.Option("--max-tiles", help="Tiles sampled per bag in training.")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Bags per step.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML with any of these options.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished run.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Cross-validate an attention-MIL model for grading or survival (patient-level folds)."""
+    # the flags the user gave (None = not given, so --config or the defaults decide)
+    given = {k: v for k, v in locals().items() if k not in ("config", "overwrite", "quiet")}
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
+    import warnings
+
+    from wsimm.train import TrainConfig
+    from wsimm.train import train as run_train
+
+    cfg = TrainConfig.load(config, **given) if config else TrainConfig(**given)
+    warnings.formatwarning = lambda m, *a, **k: f"warning: {m}\n"
+    res = run_train(cfg, overwrite=overwrite, quiet=quiet)
+    if not quiet:
+        _print_run(res)
+    for k, err in res.failed.items():
+        typer.echo(f"error: fold {k} failed: {err}", err=True)
+    if res.failed:
+        raise typer.Exit(1)
+
+
+def _print_run(res) -> None:
+    from rich.table import Table
+
+    from wsimm.train._run import METRIC_KEYS
+
+    m = res.metrics
+    keys = METRIC_KEYS[m["task"]]
+    table = Table(title=f"wsimm train {m['model']} ({m['task']}) -> {res.out}")
+    for col in ("fold", *keys, "best epoch", "test patients"):
+        table.add_column(col, justify="right")
+
+    def fmt(v) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    for r in m["folds"]:
+        table.add_row(
+            str(r["fold"]), *(fmt(r.get(k)) for k in keys), str(r["best_epoch"]), str(r["n_test"])
+        )
+    table.add_row(
+        "mean ± sd",
+        *(f"{fmt(m['mean'][k])} ± {fmt(m['std'][k])}" for k in keys),
+        "",
+        str(sum(r["n_test"] for r in m["folds"])),
+    )
+    console = stdout_console()
+    console.print(table)
+    console.print(f"{res.seconds:.1f} s; predictions.csv, metrics.json, fold_*/ in {res.out}")
+
+
+@app.command()
+@handle_errors
+def predict(
+    run: Annotated[Path, typer.Option("--run", help="Run directory from wsimm train.")],
+    store: Annotated[Path, typer.Option("--store", help="Feature store (.zarr).")],
+    out: Annotated[Path, typer.Option("--out", help="predictions.csv to write.")],
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="Patients and slides (outcomes optional, for metrics)."),
+    ] = None,
+    device: Device = "auto",
+) -> None:
+    """Apply every fold model of a run to the slides of a store (averaged over folds)."""
+    import warnings
+
+    from wsimm.train import predict as run_predict
+
+    warnings.formatwarning = lambda m, *a, **k: f"warning: {m}\n"
+    res, metrics = run_predict(run, store, labels=labels, out=out, device=device)
+    typer.echo(f"wrote {len(res)} predictions to {out}")
+    if metrics:
+        typer.echo(", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+
+
+@app.command()
+@handle_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for everything the demo makes.")] = (
         Path("wsimm-demo")

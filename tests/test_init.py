@@ -47,5 +47,8 @@ def test_errors_mix_with_builtins():
     assert issubclass(errors.SlideReadError, OSError)
     assert issubclass(errors.UnsupportedSlideError, errors.SlideReadError)
     assert issubclass(errors.ConfigError, ValueError)
+    assert issubclass(errors.DataError, ValueError)
     for name in errors.__all__:
-        assert issubclass(getattr(errors, name), errors.WsimmError)
+        if name != "WsimmWarning":
+            assert issubclass(getattr(errors, name), errors.WsimmError)
+    assert issubclass(errors.WsimmWarning, UserWarning)

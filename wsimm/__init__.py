@@ -21,8 +21,17 @@ _LAZY_IMPORTS: dict[str, str] = {
     # testing
     "write_synthetic_slide": "wsimm.testing",
     "make_cohort": "wsimm.testing",
+    "make_mil_cohort": "wsimm.testing",
+    "bags_to_store": "wsimm.testing",
+    # store
+    "open_store": "wsimm.store",
+    # train
+    "TrainConfig": "wsimm.train",
+    "load_run": "wsimm.train",
     # errors
     "WsimmError": "wsimm.errors",
+    "WsimmWarning": "wsimm.errors",
+    "DataError": "wsimm.errors",
     "ConfigError": "wsimm.errors",
     "SlideNotFoundError": "wsimm.errors",
     "SlideReadError": "wsimm.errors",
@@ -32,7 +41,7 @@ _LAZY_IMPORTS: dict[str, str] = {
 }
 
 #: subpackages reachable as attributes (``wsimm.slide``)
-_SUBMODULES = ("errors", "slide", "testing")
+_SUBMODULES = ("errors", "mil", "slide", "store", "survival", "testing", "train")
 
 __all__ = ["__version__", *sorted(_LAZY_IMPORTS), *_SUBMODULES]
 
@@ -52,15 +61,19 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from wsimm import errors, slide, testing
+    from wsimm import errors, mil, slide, store, survival, testing, train
     from wsimm.errors import (
         ConfigError,
+        DataError,
         MissingDependencyError,
         MissingMPPError,
         SlideNotFoundError,
         SlideReadError,
         UnsupportedSlideError,
         WsimmError,
+        WsimmWarning,
     )
     from wsimm.slide import Slide, SlideInfo, find_slides, open_slide
-    from wsimm.testing import make_cohort, write_synthetic_slide
+    from wsimm.store import open_store
+    from wsimm.testing import bags_to_store, make_cohort, make_mil_cohort, write_synthetic_slide
+    from wsimm.train import TrainConfig, load_run

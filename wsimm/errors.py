@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DataError",
     "MissingDependencyError",
     "MissingMPPError",
     "SlideNotFoundError",
@@ -19,6 +20,7 @@ __all__ = [
     "StoreLockedError",
     "UnsupportedSlideError",
     "WsimmError",
+    "WsimmWarning",
 ]
 
 
@@ -68,3 +70,11 @@ class StoreFormatError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another wsimm process is writing to this store."""
+
+
+class DataError(WsimmError, ValueError):
+    """A labels, outcome, omics or split table is unusable (missing ids, NaN times, ...)."""
+
+
+class WsimmWarning(UserWarning):
+    """Something was skipped or dropped on purpose (unmatched labels rows, ...)."""

@@ -18,7 +18,17 @@ def test_version_and_help():
     assert r.exit_code == 0 and r.stdout.startswith("wsimm ")
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0
-    for cmd in ("info", "tile", "embed", "encoders", "export-h5", "import-h5", "demo"):
+    for cmd in (
+        "info",
+        "tile",
+        "embed",
+        "encoders",
+        "export-h5",
+        "import-h5",
+        "train",
+        "predict",
+        "demo",
+    ):
         assert cmd in r.stdout
 
 
@@ -94,3 +104,53 @@ def test_encoders_listing_and_bad_options_are_one_line(tmp_path, synthetic_slide
     r = runner.invoke(app, ["embed", str(tmp_path / "none.zarr"), "--encoder", "mean_rgb"])
     assert r.exit_code == 1 and "no such feature store" in r.output
     assert not (tmp_path / "none.zarr").exists()
+
+
+def test_train_and_predict_from_the_command_line(tmp_path):
+    from wsimm.testing import bags_to_store, make_mil_cohort
+
+    c = make_mil_cohort(20, task="grade", seed=2, feature_dim=8, tiles_per_slide=(10, 20))
+    bags_to_store(c.bags, tmp_path / "s.zarr")
+    c.labels.to_csv(tmp_path / "labels.csv", index=False)
+    (tmp_path / "run.yaml").write_text("epochs: 2\nfolds: 2\nmodel: abmil_gated\n")
+    args = ["train", "--store", str(tmp_path / "s.zarr"), "--labels", str(tmp_path / "labels.csv")]
+    r = runner.invoke(
+        app,
+        [
+            *args,
+            "--task",
+            "grade",
+            "--out",
+            str(tmp_path / "run"),
+            "--config",
+            str(tmp_path / "run.yaml"),
+            "--seed",
+            "3",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "mean ± sd" in r.stdout and "auc" in r.stdout
+    cfg = (tmp_path / "run" / "config.yaml").read_text()
+    assert "model: abmil_gated" in cfg and "seed: 3" in cfg
+    r = runner.invoke(
+        app,
+        [
+            "predict",
+            "--run",
+            str(tmp_path / "run"),
+            "--store",
+            str(tmp_path / "s.zarr"),
+            "--out",
+            str(tmp_path / "p.csv"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "p.csv").read_text().count("\n") == len(c.bags) + 1
+    # bad input: one line, non-zero, no traceback
+    r = runner.invoke(
+        app, [*args, "--task", "survival", "--time-col", "nope", "--out", str(tmp_path / "r2")]
+    )
+    assert r.exit_code == 1 and "missing column(s) nope" in r.output
+    assert "Traceback" not in r.output
+    r = runner.invoke(app, [*args, "--task", "grading", "--out", str(tmp_path / "r3")])
+    assert r.exit_code == 1 and "--task must be one of grade, survival" in r.output

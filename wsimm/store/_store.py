@@ -166,6 +166,10 @@ class FeatureStore:
             )
         return np.asarray(self._slide(slide_id)["features"][encoder][:])
 
+    def feature_shape(self, slide_id: str, encoder: str) -> tuple[int, int]:
+        """``(N, D)`` of a slide's features, without reading them."""
+        return tuple(self._slide(slide_id)["features"][encoder_id(encoder)].shape)
+
     def feature_attrs(self, slide_id: str, encoder: str) -> dict[str, Any]:
         return dict(self._slide(slide_id)["features"][encoder_id(encoder)].attrs)
 

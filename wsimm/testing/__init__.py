@@ -1,9 +1,19 @@
 """Synthetic data for tests, examples, benchmarks and ``wsimm demo``: pyramidal H&E-like
-slides with ground-truth masks, and multi-modal cohorts with a known risk."""
+slides with ground-truth masks, multi-modal cohorts with a known risk, and MIL bag cohorts
+with known witness tiles."""
 
 from __future__ import annotations
 
+from wsimm.testing._bags import MILCohort, bags_to_store, make_mil_cohort
 from wsimm.testing._cohort import Cohort, make_cohort
 from wsimm.testing._slide import SyntheticSlide, write_synthetic_slide
 
-__all__ = ["Cohort", "SyntheticSlide", "make_cohort", "write_synthetic_slide"]
+__all__ = [
+    "Cohort",
+    "MILCohort",
+    "SyntheticSlide",
+    "bags_to_store",
+    "make_cohort",
+    "make_mil_cohort",
+    "write_synthetic_slide",
+]

@@ -1,0 +1,238 @@
+"""wsimm train plumbing: the run directory, no leakage, guards on bad tables and splits,
+predict, configs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+from safetensors.numpy import load_file
+
+from wsimm.errors import ConfigError, DataError, WsimmWarning
+from wsimm.train import TrainConfig, make_splits, predict, train
+from wsimm.train._run import _check_scored
+
+FAST = {"epochs": 3, "folds": 3, "quiet": True, "batch_size": 4}
+
+
+def _run(store, labels, out, **kw):
+    opts = {**FAST, **kw}
+    return train(store=str(store), labels=str(labels), out=str(out), **opts)
+
+
+def test_run_directory_matches_the_contract(small_grade, tmp_path):
+    c, store, labels = small_grade
+    res = _run(store, labels, tmp_path / "run", task="grade")
+    run = tmp_path / "run"
+    for f in ("config.yaml", "splits.csv", "metrics.json", "predictions.csv"):
+        assert (run / f).is_file(), f
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["task"] == "grade" and len(m["folds"]) == 3
+    for key in ("auc", "balanced_accuracy", "kappa"):
+        assert key in m["mean"] and key in m["std"] and key in m["folds"][0]
+    pred = pd.read_csv(run / "predictions.csv")
+    assert sorted(pred["patient_id"]) == sorted(c.patients["patient_id"])  # each once
+    assert np.allclose(pred[["prob_0", "prob_1"]].sum(1), 1, atol=1e-5)
+    for k in range(3):
+        assert (run / f"fold_{k}" / "model.safetensors").is_file()
+    cfg = TrainConfig.load(run / "config.yaml")
+    assert cfg.encoder == "synthetic" and cfg.task == "grade"
+    assert res.metrics == {**m, **{}}
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        _run(store, labels, run, task="grade")
+
+
+def test_splits_are_patient_level_stratified_with_inner_validation():
+    ids = [f"P{i}" for i in range(50)]
+    y = np.array([0] * 30 + [1] * 20)
+    s = make_splits(ids, y, folds=5, val_fraction=0.2, seed=0)
+    tests = s[s["set"] == "test"]
+    assert sorted(tests["patient_id"]) == sorted(ids)
+    for _, d in s.groupby("fold"):
+        assert set(d["set"]) == {"train", "val", "test"}
+        assert len(d) == 50 and not d["patient_id"].duplicated().any()
+        pos = tests.loc[tests.index.isin(d.index), "patient_id"].map(dict(zip(ids, y, strict=True)))
+        assert pos.sum() == 4  # 20 positives / 5 folds
+
+
+def test_nothing_is_fitted_on_test_patients(small_survival, tmp_path):
+    """Changing the test fold's outcomes changes neither the time bins, the normalisation,
+    the chosen epoch nor the trained weights of that fold; the epoch is the validation
+    loss minimum."""
+    c, store, labels = small_survival
+    base = _run(store, labels, tmp_path / "a", task="survival", epochs=4)
+    splits = pd.read_csv(tmp_path / "a" / "splits.csv", dtype={"patient_id": str})
+    test0 = set(splits.loc[(splits["fold"] == 0) & (splits["set"] == "test"), "patient_id"])
+    lab = pd.read_csv(labels)
+    rng = np.random.default_rng(1)
+    new = {p: round(float(rng.uniform(0.1, 500)), 2) for p in sorted(test0)}
+    sel = lab["patient_id"].isin(test0)
+    lab.loc[sel, "time"] = lab.loc[sel, "patient_id"].map(new)
+    lab.to_csv(tmp_path / "changed.csv", index=False)
+    other = _run(
+        store,
+        tmp_path / "changed.csv",
+        tmp_path / "b",
+        task="survival",
+        epochs=4,
+        splits=str(tmp_path / "a" / "splits.csv"),
+    )
+    assert base.metrics["folds"][0]["best_epoch"] == other.metrics["folds"][0]["best_epoch"]
+    ma = json.loads((tmp_path / "a" / "fold_0" / "meta.json").read_text())
+    mb = json.loads((tmp_path / "b" / "fold_0" / "meta.json").read_text())
+    assert ma["bins"] == mb["bins"]
+    wa = load_file(str(tmp_path / "a" / "fold_0" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "fold_0" / "model.safetensors"))
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+    # the normalisation is the training patients' tile statistics, nothing else
+    train0 = splits.loc[(splits["fold"] == 0) & (splits["set"] == "train"), "patient_id"]
+    tiles = np.concatenate(
+        [c.bags[s] for s in c.labels.loc[c.labels["patient_id"].isin(train0), "slide_id"]]
+    ).astype(np.float64)
+    np.testing.assert_allclose(wa["norm.mean"], tiles.mean(0), rtol=1e-4, atol=1e-5)
+    # the bins are quantiles of the training patients' event times
+    tr = c.patients[c.patients["patient_id"].isin(train0) & (c.patients["event"] == 1)]
+    assert ma["bins"]["edges"][1] == pytest.approx(np.quantile(tr["time"], 0.25))
+    # the chosen epoch is the validation-loss minimum
+    hist = pd.read_csv(tmp_path / "a" / "fold_0" / "history.csv")
+    assert ma["best_epoch"] == int(hist["val_loss"].idxmin())
+    assert not any(col.startswith("test") for col in hist.columns)
+
+
+def test_survival_run_writes_km_plot_and_survival_metrics(small_survival, tmp_path):
+    _, store, labels = small_survival
+    res = _run(store, labels, tmp_path / "r", task="survival", survival_loss="cox")
+    assert (tmp_path / "r" / "km.png").is_file()
+    for key in ("c_index", "c_index_uno", "td_auc", "ibs"):
+        assert key in res.metrics["mean"]
+    assert set(res.predictions["risk_group"]) <= {"low", "high"}
+
+
+@pytest.mark.parametrize("model", ["clam_sb", "clam_mb", "transmil", "max", "abmil_gated"])
+def test_every_model_trains_end_to_end(small_grade, tmp_path, model):
+    _, store, labels = small_grade
+    res = _run(store, labels, tmp_path / model, task="grade", model=model, epochs=2)
+    assert not res.failed and len(res.predictions) == 24
+
+
+def test_per_slide_pooling_and_censorship_convention(small_survival, tmp_path):
+    c, store, labels = small_survival
+    lab = pd.read_csv(labels)
+    lab["censored"] = 1 - lab["event"]
+    lab = lab.drop(columns="event")
+    lab.to_csv(tmp_path / "cens.csv", index=False)
+    res = _run(
+        store,
+        tmp_path / "cens.csv",
+        tmp_path / "r",
+        task="survival",
+        censorship_col="censored",
+        multi_slide="slides",
+    )
+    pred = res.predictions.set_index("patient_id")
+    truth = c.patients.set_index("patient_id")
+    assert (pred["event"] == truth.loc[pred.index, "event"]).all()
+
+
+def test_predict_applies_every_fold_to_a_store(small_grade, tmp_path):
+    c, store, labels = small_grade
+    _run(store, labels, tmp_path / "run", task="grade")
+    res, metrics = predict(tmp_path / "run", store, labels=labels, out=tmp_path / "p.csv")
+    assert len(res) == 24 and metrics is not None and "auc" in metrics
+    res2, m2 = predict(tmp_path / "run", store)  # no labels: one row per slide
+    assert len(res2) == len(c.bags) and m2 is None
+
+
+# -- guards -----------------------------------------------------------------------------
+
+
+def test_patient_in_two_test_folds_is_an_error(small_grade, tmp_path):
+    _, store, labels = small_grade
+    ids = pd.read_csv(labels)["patient_id"].unique().tolist()
+    s = make_splits(ids, np.zeros(len(ids)), folds=3, val_fraction=0.2, seed=0)
+    dup = s[(s["fold"] == 0) & (s["set"] == "test")].iloc[:1].assign(fold=1)
+    s = s[~((s["fold"] == 1) & (s["patient_id"] == dup["patient_id"].iloc[0]))]
+    pd.concat([s, dup]).to_csv(tmp_path / "splits.csv", index=False)
+    with pytest.raises(DataError, match="test set of more than one fold"):
+        _run(store, labels, tmp_path / "r", task="grade", splits=str(tmp_path / "splits.csv"))
+
+
+def test_untested_patient_and_missing_prediction_are_errors(small_grade, tmp_path):
+    _, store, labels = small_grade
+    ids = pd.read_csv(labels)["patient_id"].unique().tolist()
+    s = make_splits(ids, np.zeros(len(ids)), folds=3, val_fraction=0.2, seed=0)
+    s = s[~((s["set"] == "test") & (s["patient_id"] == ids[0]))]
+    s.to_csv(tmp_path / "splits.csv", index=False)
+    with pytest.raises(DataError, match="in no test fold"):
+        _run(store, labels, tmp_path / "r", task="grade", splits=str(tmp_path / "splits.csv"))
+    full = make_splits(ids, np.zeros(len(ids)), folds=3, val_fraction=0.2, seed=0)
+    preds = pd.DataFrame({"patient_id": ids[1:]})
+    with pytest.raises(DataError, match="without a prediction"):
+        _check_scored(preds, full)
+
+
+def test_labels_that_match_no_slide_warn_and_list_them(small_grade, tmp_path):
+    _, store, labels = small_grade
+    lab = pd.read_csv(labels)
+    extra = pd.DataFrame(
+        {
+            "patient_id": ["PX1"],
+            "slide_id": ["no-such-slide"],
+            "grade": [1],
+            "time": [1.0],
+            "event": [1],
+        }
+    )
+    pd.concat([lab, extra]).to_csv(tmp_path / "l.csv", index=False)
+    with pytest.warns(WsimmWarning) as rec:
+        res = _run(store, tmp_path / "l.csv", tmp_path / "r", task="grade", epochs=1)
+    assert any("no-such-slide" in str(w.message) for w in rec)
+    assert any("PX1" in str(w.message) for w in rec)
+    assert "PX1" not in set(res.predictions["patient_id"])
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda d: d.assign(time=d["time"].where(d.index != 3, np.nan)), "missing, not a number"),
+        (lambda d: d.assign(time=d["time"].where(d.index != 3, -1.0)), "negative"),
+        (lambda d: d.assign(event=d["event"].where(d.index != 3, 2)), "must be 0 or 1"),
+        (lambda d: d.drop(columns="time"), "missing column"),
+    ],
+)
+def test_bad_outcome_tables_are_one_line_errors(small_survival, tmp_path, edit, match):
+    _, store, labels = small_survival
+    edit(pd.read_csv(labels)).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match=match) as e:
+        _run(store, tmp_path / "bad.csv", tmp_path / "r", task="survival")
+    assert "bad.csv" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_fold_without_events_is_an_error(small_survival, tmp_path):
+    _, store, labels = small_survival
+    lab = pd.read_csv(labels)
+    keep = lab["patient_id"].drop_duplicates().iloc[:3]  # only three patients have events
+    lab["event"] = lab["patient_id"].isin(keep).astype(int)
+    lab.to_csv(tmp_path / "few.csv", index=False)
+    with pytest.raises(DataError, match="no events"):
+        _run(store, tmp_path / "few.csv", tmp_path / "r", task="survival", folds=5)
+
+
+def test_config_file_and_unknown_keys(small_grade, tmp_path):
+    _, store, labels = small_grade
+    (tmp_path / "run.yaml").write_text(
+        f"store: {store}\nlabels: {labels}\ntask: grade\nepochs: 1\nfolds: 2\nmodel: mean\n"
+    )
+    cfg = TrainConfig.load(tmp_path / "run.yaml", out=str(tmp_path / "r"), epochs=2)
+    assert cfg.epochs == 2 and cfg.model == "mean"  # flags win over the file
+    (tmp_path / "bad.yaml").write_text("task: grade\nepoch: 3\n")
+    with pytest.raises(ConfigError, match="unknown keys epoch"):
+        TrainConfig.load(tmp_path / "bad.yaml")

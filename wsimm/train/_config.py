@@ -1,0 +1,117 @@
+"""The resolved configuration of a training run (flags, ``--config run.yaml``, defaults)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wsimm.errors import ConfigError
+
+TASKS = ("grade", "survival")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; written to ``config.yaml`` in the run directory.
+
+    Outcome columns follow one convention: ``event = 1`` means the event was observed. Tables
+    that store censorship instead (1 = censored) set ``censorship_col`` and leave
+    ``event_col`` alone.
+    """
+
+    store: str | None = None
+    labels: str | None = None
+    task: str = "grade"
+    out: str = "run"
+    label_col: str = "grade"
+    time_col: str = "time"
+    event_col: str = "event"
+    censorship_col: str | None = None
+    patient_col: str = "patient_id"
+    slide_col: str = "slide_id"
+    model: str = "abmil"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    encoder: str | None = None
+    folds: int = 5
+    splits: str | None = None
+    val_fraction: float = 0.2
+    epochs: int = 40
+    patience: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 8
+    max_tiles: int | None = 8192
+    balance: str = "weights"
+    multi_slide: str = "tiles"
+    survival_loss: str = "nll"
+    n_bins: int = 4
+    normalize: bool = True
+    cache: str = "auto"
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> TrainConfig:
+        if self.task not in TASKS:
+            raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.store is None:
+            raise ConfigError("wsimm train needs --store (the feature store with the bags)")
+        if self.labels is None:
+            raise ConfigError("wsimm train needs --labels (a table of patients and outcomes)")
+        if self.splits is None and self.folds < 2:
+            raise ConfigError(f"--folds must be >= 2, got {self.folds}")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ConfigError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        for name, value, allowed in (
+            ("balance", self.balance, ("weights", "sampler", "none")),
+            ("multi_slide", self.multi_slide, ("tiles", "slides")),
+            ("survival_loss", self.survival_loss, ("nll", "cox")),
+            ("cache", str(self.cache).lower(), ("auto", "true", "false")),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.n_bins < 1:
+            raise ConfigError("epochs, batch_size and n_bins must be >= 1")
+        if self.max_tiles is not None and self.max_tiles < 1:
+            raise ConfigError(f"max_tiles must be >= 1 or unset, got {self.max_tiles}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown keys {', '.join(unknown)}; "
+                f"valid keys: {', '.join(sorted(names))}"
+            )
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
+        """Read a YAML config; ``overrides`` (flags the user gave) win over the file."""
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})") from e
+        if not isinstance(d, dict):
+            raise ConfigError(f"{p}: expected a mapping of option: value")
+        d = {k.replace("-", "_"): v for k, v in d.items()}
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(d, source=str(p))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

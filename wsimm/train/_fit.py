@@ -1,0 +1,238 @@
+"""Training one fold: AdamW with a cosine schedule, early stopping and model selection on the
+inner validation set only, then one prediction per test patient."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from wsimm.errors import DataError
+from wsimm.survival import TimeBins, c_index
+from wsimm.train._config import TrainConfig
+from wsimm.train._data import BagSource, FeatureNorm
+from wsimm.train._fold import FoldModel, breslow
+from wsimm.train._metrics import grade_metrics, survival_metrics
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    model: FoldModel
+    metrics: dict[str, float]
+    predictions: pd.DataFrame
+    history: pd.DataFrame
+    best_epoch: int
+    train_ids: list[str] = field(default_factory=list)
+
+
+class _Objective:
+    """The training loss of a task, fitted on the training patients (class weights, bins)."""
+
+    def __init__(self, cfg: TrainConfig, table: pd.DataFrame, bins: TimeBins | None, n_out: int):
+        import torch
+
+        self.task = cfg.task
+        self.cox = cfg.task == "survival" and cfg.survival_loss == "cox"
+        self.bins = bins
+        self.weight = None
+        if cfg.task == "grade" and cfg.balance == "weights":
+            counts = np.bincount(table["y"].to_numpy(), minlength=n_out).astype(np.float64)
+            w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_out, 0.0)
+            self.weight = torch.as_tensor(w, dtype=torch.float32)
+
+    def targets(self, table: pd.DataFrame, device: str) -> dict:
+        import torch
+
+        if self.task == "grade":
+            return {"y": torch.as_tensor(table["y"].to_numpy(), device=device)}
+        t = table["time"].to_numpy(np.float64)
+        out = {
+            "time": torch.as_tensor(t, device=device, dtype=torch.float32),
+            "event": torch.as_tensor(table["event"].to_numpy(), device=device),
+        }
+        if self.bins is not None:
+            out["bin"] = torch.as_tensor(self.bins.assign(t), device=device)
+        return out
+
+    def __call__(self, logits, tg: dict, idx):
+        import torch.nn.functional as F
+
+        from wsimm.survival._losses import cox_loss, nll_loss
+
+        if self.task == "grade":
+            w = None if self.weight is None else self.weight.to(logits.device)
+            return F.cross_entropy(logits, tg["y"][idx], weight=w)
+        if self.cox:
+            return cox_loss(logits[:, 0], tg["time"][idx], tg["event"][idx])
+        return nll_loss(logits, tg["bin"][idx], tg["event"][idx])
+
+
+def fit_fold(
+    cfg: TrainConfig,
+    source: BagSource,
+    table: pd.DataFrame,
+    sets: dict[str, list[str]],
+    fold: int,
+    *,
+    device: str,
+    bar=None,
+) -> FoldResult:
+    """Train on ``sets['train']``, select the epoch on ``sets['val']``, score ``sets['test']``."""
+    import torch
+
+    from wsimm.mil import create_model
+
+    rows = table.set_index("patient_id")
+    tr, va, te = (rows.loc[sets[s]].reset_index() for s in ("train", "val", "test"))
+    per_slide = cfg.multi_slide == "slides"
+
+    bins = None
+    if cfg.task == "survival":
+        for name, part in (("training", tr), ("validation", va), ("test", te)):
+            if int(part["event"].sum()) == 0:
+                raise DataError(
+                    f"fold {fold}: the {name} patients have no events; survival metrics and "
+                    "losses need some (use fewer --folds or stratified splits)"
+                )
+        if cfg.survival_loss == "nll":
+            bins = TimeBins.fit(tr["time"].to_numpy(), tr["event"].to_numpy(), cfg.n_bins)
+        n_out = bins.n_bins if bins is not None else 1
+    else:
+        n_out = int(table["y"].max()) + 1
+
+    seed = cfg.seed * 1000 + fold
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    norm = FeatureNorm.fit(source, tr["patient_id"].tolist()) if cfg.normalize else None
+    model = create_model(cfg.model, source.dim, n_out, **cfg.model_kwargs).to(device)
+    meta = {
+        "task": cfg.task,
+        "model": cfg.model,
+        "model_kwargs": cfg.model_kwargs,
+        "in_dim": source.dim,
+        "n_outputs": n_out,
+        "encoder": source.encoder,
+        "multi_slide": cfg.multi_slide,
+        "survival_loss": cfg.survival_loss if cfg.task == "survival" else None,
+        "fold": fold,
+    }
+    fm = FoldModel(model=model, norm=norm, bins=bins, meta=meta)
+    objective = _Objective(cfg, tr, bins, n_out)
+    tg_tr, tg_va = objective.targets(tr, device), objective.targets(va, device)
+    train_ids, val_ids = tr["patient_id"].tolist(), va["patient_id"].tolist()
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = math.ceil(len(train_ids) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps))
+    sample_p = None
+    if cfg.task == "grade" and cfg.balance == "sampler":
+        counts = np.bincount(tr["y"].to_numpy())
+        sample_p = 1.0 / counts[tr["y"].to_numpy()]
+        sample_p /= sample_p.sum()
+
+    task_id = bar.add_task(f"fold {fold}", total=cfg.epochs, rate="") if bar is not None else None
+    best = (math.inf, -1, None)
+    history = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        if sample_p is not None:
+            perm = rng.choice(len(train_ids), len(train_ids), replace=True, p=sample_p)
+        else:
+            perm = rng.permutation(len(train_ids))
+        order = [perm[i : i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size)]
+        seeds = rng.integers(0, 2**31, len(order))
+        total, n_seen = 0.0, 0
+        for b in source.batches(
+            train_ids,
+            order,
+            per_slide=per_slide,
+            max_tiles=cfg.max_tiles,
+            seeds=seeds,
+            norm=norm,
+            device=device,
+            workers=cfg.workers,
+        ):
+            y = tg_tr["y"][b.index] if "y" in tg_tr else None
+            out = model(b.x, b.batch, b.n_bags, group=b.group, n_groups=b.n_groups, y=y)
+            loss = objective(out.logits, tg_tr, b.index)
+            if out.aux_loss is not None:
+                loss = loss + model.aux_weight * out.aux_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(b.index)
+            n_seen += len(b.index)
+        val_logits, _ = fm.outputs(
+            source, val_ids, device=device, batch_size=cfg.batch_size, workers=cfg.workers
+        )
+        with torch.no_grad():
+            vl = torch.as_tensor(val_logits, device=device)
+            val_loss = float(objective(vl, tg_va, torch.arange(len(val_ids), device=device)))
+        row = {"epoch": epoch, "train_loss": total / max(n_seen, 1), "val_loss": val_loss}
+        row.update({f"val_{k}": v for k, v in _score(fm, va, val_logits, tr, full=False).items()})
+        history.append(row)
+        if not math.isfinite(row["train_loss"]):
+            raise FloatingPointError(f"fold {fold}: training loss became {row['train_loss']}")
+        if val_loss < best[0]:
+            best = (val_loss, epoch, copy.deepcopy(model.state_dict()))
+        if bar is not None:
+            bar.update(task_id, advance=1, rate=f"val loss {val_loss:.3f}")
+        if epoch - best[1] >= cfg.patience:
+            break
+    if bar is not None:
+        bar.update(task_id, completed=cfg.epochs)
+    model.load_state_dict(best[2])
+
+    if cfg.task == "survival":
+        # the risk-group cut and (Cox) the baseline hazard come from training patients
+        tr_logits, _ = fm.outputs(source, train_ids, device=device, workers=cfg.workers)
+        tr_risk = fm.risk(tr_logits)
+        fm.meta["train_risk_median"] = float(np.median(tr_risk))
+        if bins is None:
+            fm.baseline = breslow(tr_risk, tr["time"].to_numpy(), tr["event"].to_numpy())
+    fm.meta["best_epoch"] = best[1]
+
+    test_ids = te["patient_id"].tolist()
+    logits, _ = fm.outputs(source, test_ids, device=device, workers=cfg.workers)
+    metrics = _score(fm, te, logits, tr)
+    preds = _prediction_rows(fm, te, logits, fold)
+    return FoldResult(fold, fm, metrics, preds, pd.DataFrame(history), best[1], train_ids)
+
+
+def _score(
+    fm: FoldModel, part: pd.DataFrame, logits: np.ndarray, train: pd.DataFrame, full: bool = True
+) -> dict:
+    if fm.task == "grade":
+        return grade_metrics(part["y"].to_numpy(), fm.probabilities(logits))
+    if not full:  # validation history: concordance only (no baseline hazard yet for Cox)
+        return {"c_index": c_index(part["time"], part["event"], fm.risk(logits))}
+    return survival_metrics(
+        part["time"].to_numpy(),
+        part["event"].to_numpy(),
+        fm.risk(logits),
+        lambda t: fm.survival_at(logits, t),
+        train["time"].to_numpy(),
+        train["event"].to_numpy(),
+    )
+
+
+def _prediction_rows(fm: FoldModel, part: pd.DataFrame, logits: np.ndarray, fold: int):
+    df = pd.DataFrame({"patient_id": part["patient_id"].to_numpy(), "fold": fold})
+    if fm.task == "grade":
+        prob = fm.probabilities(logits)
+        df["label"] = part["y"].to_numpy()
+        df["pred"] = prob.argmax(1)
+        for c in range(prob.shape[1]):
+            df[f"prob_{c}"] = prob[:, c]
+    else:
+        risk = fm.risk(logits)
+        df["time"] = part["time"].to_numpy()
+        df["event"] = part["event"].to_numpy()
+        df["risk"] = risk
+        df["risk_group"] = np.where(risk > fm.meta["train_risk_median"], "high", "low")
+    return df

@@ -1,0 +1,65 @@
+"""Per-fold metrics: grading (AUC, balanced accuracy, F1, quadratic kappa) and survival
+(Harrell and Uno c-index, time-dependent AUC, integrated Brier score)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+
+def grade_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+    """``auc`` (binary, or one-vs-rest macro), ``balanced_accuracy``, ``f1`` (macro),
+    ``kappa`` (quadratic weights), ``accuracy``. AUC is NaN when the fold lacks a class."""
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        cohen_kappa_score,
+        f1_score,
+        roc_auc_score,
+    )
+
+    y = np.asarray(y, int)
+    pred = prob.argmax(1)
+    k = prob.shape[1]
+    present = np.unique(y)
+    if len(present) < 2:
+        auc = float("nan")
+    elif k == 2:
+        auc = float(roc_auc_score(y, prob[:, 1]))
+    else:
+        # macro over the classes present in this fold (a missing class has no ROC curve)
+        aucs = [roc_auc_score(y == c, prob[:, c]) for c in present]
+        auc = float(np.mean(aucs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns on folds missing a predicted class
+        return {
+            "auc": auc,
+            "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+            "f1": float(f1_score(y, pred, average="macro", labels=list(range(k)))),
+            "kappa": float(cohen_kappa_score(y, pred, weights="quadratic", labels=list(range(k)))),
+            "accuracy": float(accuracy_score(y, pred)),
+        }
+
+
+def survival_metrics(
+    time: np.ndarray,
+    event: np.ndarray,
+    risk: np.ndarray,
+    surv_fn,
+    train_time: np.ndarray,
+    train_event: np.ndarray,
+) -> dict[str, float]:
+    """``c_index`` (Harrell), ``c_index_uno``, ``td_auc`` (mean cumulative/dynamic AUC over the
+    evaluation grid) and ``ibs``; ``surv_fn(times) -> (n, len(times))`` gives predicted
+    event-free probabilities. IPCW weights use the training patients' censoring."""
+    from wsimm.survival import c_index, eval_times, integrated_brier_score, td_auc, uno_c_index
+
+    times = eval_times(train_time, train_event, time)
+    aucs = td_auc(time, event, risk, times, train_time, train_event)
+    return {
+        "c_index": c_index(time, event, risk),
+        "c_index_uno": uno_c_index(time, event, risk, train_time, train_event),
+        "td_auc": float(np.mean(aucs[np.isfinite(aucs)])) if np.isfinite(aucs).any() else np.nan,
+        "ibs": integrated_brier_score(time, event, surv_fn(times), times, train_time, train_event),
+    }

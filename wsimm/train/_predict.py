@@ -1,0 +1,114 @@
+"""``wsimm predict``: apply every fold model of a run to the slides of a (new) store."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wsimm.errors import ConfigError, DataError
+from wsimm.train._config import TrainConfig
+from wsimm.train._data import BagSource
+from wsimm.train._fold import FoldModel
+
+
+@dataclass
+class Run:
+    """A finished run directory: its resolved config and one model per fold."""
+
+    path: Path
+    config: TrainConfig
+    folds: list[FoldModel]
+
+    @property
+    def classes(self) -> list | None:
+        return self.folds[0].meta.get("classes")
+
+
+def load_run(run_dir: str | os.PathLike[str], device: str = "cpu") -> Run:
+    d = Path(run_dir)
+    if not (d / "config.yaml").is_file():
+        raise ConfigError(
+            f"{d}: not a wsimm run directory (no config.yaml); pass the --out of wsimm train"
+        )
+    cfg = TrainConfig.load(d / "config.yaml")
+    fold_dirs = sorted(d.glob("fold_*/model.safetensors"), key=lambda p: int(p.parent.name[5:]))
+    if not fold_dirs:
+        raise ConfigError(f"{d}: the run has no trained folds")
+    return Run(d, cfg, [FoldModel.load(p.parent, device) for p in fold_dirs])
+
+
+def predict(
+    run: str | os.PathLike[str] | Run,
+    store: str | os.PathLike[str],
+    *,
+    labels: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    workers: int = 2,
+) -> tuple[pd.DataFrame, dict[str, float] | None]:
+    """Predict every patient of ``labels`` (or every slide of the store, one slide per
+    patient, without labels) with each fold's model, averaged: class probabilities for
+    grading, risk (and per-fold risks) for survival. Returns the table (also written to
+    ``out``) and, when the labels carry outcomes, the metrics of the ensemble."""
+    from wsimm.store import open_store
+    from wsimm.train._metrics import grade_metrics
+    from wsimm.train._run import resolve_device
+    from wsimm.train._tables import load_examples
+
+    dev = resolve_device(device)
+    r = run if isinstance(run, Run) else load_run(run, dev)
+    cfg = r.config
+    fs = open_store(store)
+    if labels is not None:
+        ex = load_examples(
+            dataclasses.replace(cfg, labels=str(labels)), fs.slides(), require_outcomes=False
+        )
+        table, slides = ex.table, ex.slides
+    else:
+        slides = {s: [s] for s in fs.slides()}
+        if not slides:
+            raise DataError(f"{fs.path}: the store has no complete slides to predict")
+        table = pd.DataFrame({"patient_id": list(slides)})
+    source = BagSource(str(store), slides, encoder=r.folds[0].meta["encoder"], cache=False)
+    if source.dim != r.folds[0].meta["in_dim"]:
+        raise DataError(
+            f"{fs.path}: features are {source.dim}-d but the run was trained on "
+            f"{r.folds[0].meta['in_dim']}-d {r.folds[0].meta['encoder']!r} features"
+        )
+    ids = table["patient_id"].tolist()
+    res = pd.DataFrame({"patient_id": ids, "slides": [";".join(slides[p]) for p in ids]})
+    outs = [fm.outputs(source, ids, device=dev, workers=workers)[0] for fm in r.folds]
+    metrics = None
+    if cfg.task == "grade":
+        prob = np.mean([fm.probabilities(o) for fm, o in zip(r.folds, outs, strict=True)], 0)
+        classes = r.classes or list(range(prob.shape[1]))
+        res["pred"] = prob.argmax(1)
+        res["pred_name"] = [classes[i] for i in res["pred"]]
+        for c in range(prob.shape[1]):
+            res[f"prob_{c}"] = prob[:, c]
+        if "y" in table:
+            names = [ex.classes[i] for i in table["y"]]
+            unknown = sorted({str(n) for n in names if n not in classes})
+            if unknown:
+                raise DataError(f"{labels}: labels {unknown} were not seen in training {classes}")
+            res["label"] = [classes.index(n) for n in names]
+            metrics = grade_metrics(res["label"].to_numpy(), prob)
+    else:
+        risks = np.stack([fm.risk(o) for fm, o in zip(r.folds, outs, strict=True)], 1)
+        res["risk"] = risks.mean(1)
+        for k, fm in enumerate(r.folds):
+            res[f"risk_fold_{fm.meta['fold']}"] = risks[:, k]
+        if "time" in table:
+            from wsimm.survival import c_index
+
+            res["time"], res["event"] = table["time"].to_numpy(), table["event"].to_numpy()
+            metrics = {"c_index": c_index(res["time"], res["event"], res["risk"])}
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        res.to_csv(out, index=False)
+    return res, metrics

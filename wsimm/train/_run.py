@@ -1,0 +1,205 @@
+"""``wsimm train``: patient-level cross-validation of a MIL model on a feature store, writing
+the run directory (config.yaml, splits.csv, fold_<k>/, metrics.json, predictions.csv)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from wsimm._progress import progress
+from wsimm.errors import ConfigError, DataError, WsimmWarning
+from wsimm.train._config import TrainConfig
+from wsimm.train._data import BagSource
+from wsimm.train._splits import check_splits, load_splits, make_splits
+from wsimm.train._tables import load_examples
+
+#: the metric each task reports first (DESIGN.md contract keys come first)
+METRIC_KEYS = {
+    "grade": ["auc", "balanced_accuracy", "kappa", "f1", "accuracy"],
+    "survival": ["c_index", "c_index_uno", "td_auc", "ibs"],
+}
+
+
+@dataclass
+class RunResult:
+    """What ``train`` produced: the run folder, ``metrics.json`` content, the predictions and
+    the folds that failed (with their errors)."""
+
+    out: Path
+    metrics: dict[str, Any]
+    predictions: pd.DataFrame
+    failed: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+    return device
+
+
+def train(
+    cfg: TrainConfig | None = None, *, overwrite: bool = False, quiet: bool = False, **options
+) -> RunResult:
+    """Cross-validate a MIL model; see :class:`TrainConfig` for ``options``.
+
+    Nothing is fitted on test patients: time bins, feature normalisation, class weights and the
+    Cox baseline come from each fold's training patients; the epoch is chosen on the fold's
+    validation patients. Every test patient gets exactly one prediction.
+    """
+    import torch
+
+    t0 = time.perf_counter()
+    cfg = (cfg or TrainConfig(**options)).validate()
+    out = Path(cfg.out)
+    if (out / "metrics.json").exists() and not overwrite:
+        raise ConfigError(
+            f"{out}: already holds a finished run; choose another --out or pass --overwrite"
+        )
+    from wsimm.store import open_store
+
+    fs = open_store(cfg.store)
+    ex = load_examples(cfg, fs.slides())
+    source = BagSource(str(cfg.store), ex.slides, encoder=cfg.encoder, cache=cfg.cache)
+    cfg.encoder = source.encoder
+    device = resolve_device(cfg.device)
+
+    ids = ex.ids
+    if cfg.splits:
+        splits = load_splits(cfg.splits)
+        extra = sorted(set(splits["patient_id"]) - set(ids))
+        if extra:
+            warnings.warn(
+                f"{cfg.splits}: {len(extra)} patient(s) in the splits are not in this cohort "
+                f"({', '.join(extra[:8])}); they are ignored",
+                WsimmWarning,
+                stacklevel=2,
+            )
+            splits = splits[splits["patient_id"].isin(ids)]
+    else:
+        strata = ex.table["y" if cfg.task == "grade" else "event"].to_numpy()
+        splits = make_splits(
+            ids, strata, folds=cfg.folds, val_fraction=cfg.val_fraction, seed=cfg.seed
+        )
+    check_splits(splits, ids, source=str(cfg.splits or "splits"))
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+    splits.to_csv(out / "splits.csv", index=False)
+
+    fold_rows, preds, failed = [], [], {}
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with progress(quiet=quiet) as bar:
+            from wsimm.train._fit import fit_fold
+
+            for k in sorted(splits["fold"].unique()):
+                d = splits[splits["fold"] == k]
+                sets = {
+                    s: d.loc[d["set"] == s, "patient_id"].tolist() for s in ("train", "val", "test")
+                }
+                try:
+                    res = fit_fold(cfg, source, ex.table, sets, int(k), device=device, bar=bar)
+                except (DataError, ConfigError):
+                    raise
+                except Exception as e:  # a fold that breaks is reported, the others go on
+                    failed[int(k)] = f"{type(e).__name__}: {e}"
+                    (out / f"fold_{k}").mkdir(exist_ok=True)
+                    (out / f"fold_{k}" / "error.txt").write_text(traceback.format_exc())
+                    continue
+                fdir = out / f"fold_{k}"
+                res.model.meta["classes"] = ex.classes
+                res.model.save(fdir)
+                res.history.to_csv(fdir / "history.csv", index=False)
+                fold_rows.append(
+                    {
+                        "fold": int(k),
+                        **res.metrics,
+                        "best_epoch": res.best_epoch,
+                        "n_test": len(sets["test"]),
+                    }
+                )
+                preds.append(res.predictions)
+    finally:
+        torch.use_deterministic_algorithms(prev_det)
+
+    predictions = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame()
+    if not failed:
+        _check_scored(predictions, splits)
+    if ex.classes is not None and len(predictions):
+        predictions["label_name"] = [ex.classes[i] for i in predictions["label"]]
+    predictions.to_csv(out / "predictions.csv", index=False)
+    metrics = _summarise(cfg, fold_rows, failed)
+    (out / "metrics.json").write_text(json.dumps(_json_clean(metrics), indent=1))
+    if cfg.task == "survival" and len(predictions):
+        from wsimm.survival import km_plot
+
+        groups = (predictions["risk_group"] == "high").astype(int)
+        metrics["logrank_p"] = km_plot(
+            predictions["time"],
+            predictions["event"],
+            out / "km.png",
+            group=groups,
+            title=f"{cfg.model}, {len(fold_rows)} test folds",
+        )
+        (out / "metrics.json").write_text(json.dumps(_json_clean(metrics), indent=1))
+    return RunResult(out, metrics, predictions, failed, time.perf_counter() - t0)
+
+
+def _check_scored(predictions: pd.DataFrame, splits: pd.DataFrame) -> None:
+    want = set(splits.loc[splits["set"] == "test", "patient_id"])
+    got = predictions["patient_id"].tolist() if len(predictions) else []
+    missing = sorted(want - set(got))
+    if missing:
+        raise DataError(f"test patient(s) without a prediction: {', '.join(missing[:8])}")
+    dup = sorted({p for p in got if got.count(p) > 1}) if len(got) != len(set(got)) else []
+    if dup:
+        raise DataError(f"test patient(s) predicted more than once: {', '.join(dup[:8])}")
+
+
+def _summarise(cfg: TrainConfig, rows: list[dict], failed: dict[int, str]) -> dict[str, Any]:
+    keys = METRIC_KEYS[cfg.task]
+    mean, std = {}, {}
+    for key in keys:
+        v = np.array([r[key] for r in rows if r.get(key) is not None], np.float64)
+        v = v[np.isfinite(v)]
+        mean[key] = float(v.mean()) if len(v) else math.nan
+        std[key] = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+    return {
+        "task": cfg.task,
+        "model": cfg.model,
+        "encoder": cfg.encoder,
+        "folds": rows,
+        "mean": mean,
+        "std": std,
+        "failed": {str(k): v for k, v in failed.items()},
+    }
+
+
+def _json_clean(v):
+    """Plain JSON: numpy scalars to Python, NaN/inf to null."""
+    if isinstance(v, dict):
+        return {k: _json_clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_clean(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v

@@ -1,0 +1,188 @@
+"""Labels/outcome tables: reading, validating, and matching rows to slides in the store."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wsimm.errors import DataError, WsimmWarning
+from wsimm.train._config import TrainConfig
+
+
+@dataclass
+class Examples:
+    """The patients a run can use: one row per patient (``patient_id``, outcome columns
+    ``y`` or ``time``/``event``) and each patient's slide ids in the store."""
+
+    table: pd.DataFrame
+    slides: dict[str, list[str]]
+    classes: list | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        return self.table["patient_id"].tolist()
+
+
+def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: table not found")
+    try:
+        if p.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(p)
+        sep = "\t" if p.suffix.lower() in (".tsv", ".txt") else ","
+        return pd.read_csv(p, sep=sep)
+    except Exception as e:
+        raise DataError(f"{p}: cannot read the table ({type(e).__name__}: {e})") from e
+
+
+def _slide_key(v: str) -> str:
+    from wsimm.slide import SLIDE_SUFFIXES
+    from wsimm.store import sanitize_slide_id, slide_id_from_path
+
+    low = v.lower()
+    if "/" in v or "\\" in v or any(low.endswith(s) for s in SLIDE_SUFFIXES):
+        return slide_id_from_path(v)
+    return sanitize_slide_id(v)
+
+
+def _listing(items, n: int = 8) -> str:
+    items = list(items)
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(map(str, items[:n])) + more
+
+
+def load_examples(
+    cfg: TrainConfig, store_slides: list[str] | None, *, require_outcomes: bool = True
+) -> Examples:
+    """Read the labels table named in ``cfg`` and return the patients to train on.
+
+    Errors (one line, naming the file and the fix): missing columns, empty ids, NaN or
+    negative times, events other than 0/1, NaN labels, one patient with conflicting outcomes,
+    one slide under two patients. Warnings: rows whose slide is not in the store, and patients
+    left without any slide (they are not used; the slide-only task cannot score them).
+    """
+    src = str(cfg.labels)
+    df = read_table(src)
+    need = [cfg.patient_col, cfg.slide_col]
+    outcome = (
+        [cfg.label_col]
+        if cfg.task == "grade"
+        else [cfg.time_col, cfg.censorship_col or cfg.event_col]
+    )
+    has_outcomes = require_outcomes or all(c in df.columns for c in outcome)
+    if has_outcomes:
+        need += outcome
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{src}: missing column(s) {', '.join(missing)} (has {_listing(df.columns, 12)}); "
+            "name the right ones with --patient-col/--slide-col/--label-col/--time-col/--event-col"
+        )
+    df = df.copy()
+    pid = df[cfg.patient_col]
+    if pid.isna().any() or (pid.astype(str).str.strip() == "").any():
+        rows = (np.flatnonzero(pid.isna() | (pid.astype(str).str.strip() == "")) + 2).tolist()
+        raise DataError(f"{src}: empty {cfg.patient_col} on line(s) {_listing(rows)}")
+    df["patient_id"] = pid.astype(str).str.strip()
+    sl = df[cfg.slide_col]
+    df["slide_id"] = [
+        "" if (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "" else _slide_key(str(v))
+        for v in sl
+    ]
+
+    cols: list[str]
+    if not has_outcomes:
+        cols = []
+    elif cfg.task == "grade":
+        y = df[cfg.label_col]
+        bad = df.loc[y.isna(), "patient_id"].unique()
+        if len(bad):
+            raise DataError(
+                f"{src}: no {cfg.label_col} for patient(s) {_listing(bad)}; drop those rows "
+                "or fill the label"
+            )
+        df["y"] = y
+        cols = ["y"]
+    else:
+        t = pd.to_numeric(df[cfg.time_col], errors="coerce")
+        bad = df.loc[t.isna() | (t < 0), "patient_id"].unique()
+        if len(bad):
+            raise DataError(
+                f"{src}: {cfg.time_col} is missing, not a number or negative for patient(s) "
+                f"{_listing(bad)}; survival times must be >= 0"
+            )
+        col = cfg.censorship_col or cfg.event_col
+        e = pd.to_numeric(df[col], errors="coerce")
+        if e.isna().any() or not e.isin([0, 1]).all():
+            bad = df.loc[e.isna() | ~e.isin([0, 1]), "patient_id"].unique()
+            raise DataError(
+                f"{src}: {col} must be 0 or 1 for every row (patient(s) {_listing(bad)})"
+            )
+        df["time"] = t.astype(float)
+        df["event"] = (1 - e if cfg.censorship_col else e).astype(int)
+        cols = ["time", "event"]
+
+    per_patient = df.groupby("patient_id", sort=False)[cols].nunique(dropna=False)
+    conflict = per_patient.index[(per_patient > 1).any(axis=1)] if cols else []
+    if len(conflict):
+        raise DataError(
+            f"{src}: patient(s) {_listing(conflict)} have different outcomes on different "
+            "rows; a patient has one outcome"
+        )
+    with_slide = df[df["slide_id"] != ""]
+    owners = with_slide.groupby("slide_id")["patient_id"].nunique()
+    shared = owners.index[owners > 1]
+    if len(shared):
+        raise DataError(
+            f"{src}: slide(s) {_listing(shared)} belong to more than one patient; a slide "
+            "belongs to one patient"
+        )
+
+    slides: dict[str, list[str]] = {}
+    unmatched = []
+    avail = set(store_slides) if store_slides is not None else None
+    for p, s in zip(with_slide["patient_id"], with_slide["slide_id"], strict=True):
+        if avail is not None and s not in avail:
+            unmatched.append(s)
+            continue
+        lst = slides.setdefault(p, [])
+        if s not in lst:
+            lst.append(s)
+    if unmatched:
+        warnings.warn(
+            f"{src}: {len(unmatched)} row(s) name slides that are not (complete) in the store: "
+            f"{_listing(unmatched)}; they are ignored",
+            WsimmWarning,
+            stacklevel=2,
+        )
+    table = df.groupby("patient_id", sort=False)[["slide_id", *cols]].first().reset_index()
+    table = table.drop(columns="slide_id")
+    dropped = table.loc[~table["patient_id"].isin(slides), "patient_id"].tolist()
+    if dropped:
+        warnings.warn(
+            f"{src}: {len(dropped)} patient(s) have no slide in the store and are left out of "
+            f"this slide-only run: {_listing(dropped)}",
+            WsimmWarning,
+            stacklevel=2,
+        )
+    table = table[table["patient_id"].isin(slides)].reset_index(drop=True)
+    if table.empty:
+        raise DataError(
+            f"{src}: no row matches a slide in the store; check --slide-col and that the "
+            "slide ids (file names without extension) match the store's slide ids"
+        )
+    classes = None
+    if cfg.task == "grade" and has_outcomes:
+        classes = sorted(table["y"].unique().tolist())
+        if len(classes) < 2:
+            raise DataError(
+                f"{src}: {cfg.label_col} has a single class {classes}; nothing to learn"
+            )
+        table["y"] = table["y"].map({c: i for i, c in enumerate(classes)}).astype(int)
+    return Examples(table=table, slides=slides, classes=classes)
