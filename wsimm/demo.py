@@ -3,14 +3,16 @@
 The demo grows with the pipeline. Today it writes a small synthetic cohort (slide files,
 labels, clinical and omics tables), reads every slide back through the slide readers, tiles
 every slide into a Zarr feature store with QC images, and writes a report. Later stages
-(train, heatmap) append their steps here.
+(heatmap) append their steps here.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,8 @@ def run_demo(
 
     Steps: (1) synthetic cohort with slide files and tables, (2) slide metadata through the
     readers, (3) ``wsimm tile`` into ``out/features.zarr`` with the ``test_tiny`` encoder and
-    QC images in ``out/qc``. ``out/report.json`` records every step with its timing.
+    QC images in ``out/qc``, (4) ``wsimm train`` (ABMIL, 3 patient-level folds) into
+    ``out/run`` when torch is installed. ``out/report.json`` records every step with its timing.
     """
     from wsimm.slide import inspect_slides
     from wsimm.testing import make_cohort
@@ -113,6 +116,15 @@ def run_demo(
         }
     )
 
+    if importlib.util.find_spec("torch") is None:
+        res.steps.append({"step": "train", "skipped": "torch is not installed", "seconds": 0.0})
+    elif n_patients < 9:
+        res.steps.append(
+            {"step": "train", "skipped": "3-fold CV needs >= 9 patients", "seconds": 0.0}
+        )
+    else:
+        res.steps.append(_train_step(root, res, quiet=quiet, seed=seed))
+
     report = root / "report.json"
     report.write_text(
         json.dumps(
@@ -121,3 +133,36 @@ def run_demo(
     )
     res.files["report"] = report
     return res
+
+
+def _train_step(root: Path, res: DemoResult, *, quiet: bool, seed: int) -> dict[str, Any]:
+    """``wsimm train`` (ABMIL, grade, 3 patient-level folds) on the demo store."""
+    from wsimm.errors import WsimmWarning
+    from wsimm.train import train
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", WsimmWarning)  # patients without slides are noted
+        run = train(
+            store=str(res.files["store"]),
+            labels=str(res.files["labels"]),
+            task="grade",
+            out=str(root / "run"),
+            model="abmil",
+            folds=3,
+            epochs=5,
+            batch_size=4,
+            seed=seed,
+            quiet=quiet,
+            overwrite=True,
+        )
+    res.files["run"] = root / "run"
+    return {
+        "step": "train",
+        "model": "abmil",
+        "patients": len(run.predictions),
+        "auc": round(run.metrics["mean"]["auc"], 3),
+        "notes": [str(w.message) for w in caught],
+        "failed": [f"fold {k}: {e}" for k, e in run.failed.items()],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }

@@ -91,6 +91,16 @@ def test_demo_runs_end_to_end(tmp_path):
     assert steps["tile"]["failed"] == [] and steps["tile"]["done"] == steps["cohort"]["slides"]
     assert steps["tile"]["tiles"] > 0
     assert len(list((out / "qc").glob("*.png"))) == steps["cohort"]["slides"]
+    assert "skipped" in steps["train"]  # too few patients for cross-validation
+
+
+def test_demo_trains_on_its_store(tmp_path):
+    from wsimm.demo import run_demo
+
+    res = run_demo(tmp_path / "d", n_patients=12, quiet=True, slide_size=(2048, 1536))
+    steps = {s["step"]: s for s in res.steps}
+    assert steps["train"]["failed"] == [] and steps["train"]["patients"] >= 9
+    assert (tmp_path / "d" / "run" / "metrics.json").is_file()
 
 
 def test_encoders_listing_and_bad_options_are_one_line(tmp_path, synthetic_slide):
