@@ -222,8 +222,10 @@ def test_fold_without_events_is_an_error(small_survival, tmp_path):
     keep = lab["patient_id"].drop_duplicates().iloc[:3]  # only three patients have events
     lab["event"] = lab["patient_id"].isin(keep).astype(int)
     lab.to_csv(tmp_path / "few.csv", index=False)
-    with pytest.raises(DataError, match="no events"):
+    with pytest.raises(DataError, match="no events") as e:
         _run(store, tmp_path / "few.csv", tmp_path / "r", task="survival", folds=5)
+    assert "few.csv" in str(e.value)
+    assert not (tmp_path / "r").exists()  # refused before anything was written
 
 
 def test_config_file_and_unknown_keys(small_grade, tmp_path):

@@ -97,6 +97,16 @@ def train(
             ids, strata, folds=cfg.folds, val_fraction=cfg.val_fraction, seed=cfg.seed
         )
     check_splits(splits, ids, source=str(cfg.splits or "splits"))
+    if cfg.task == "survival":  # before anything is written: every set of every fold has events
+        ev = splits.merge(ex.table[["patient_id", "event"]], on="patient_id")
+        n_ev = ev.groupby(["fold", "set"])["event"].sum()
+        empty = n_ev[n_ev == 0]
+        if len(empty):
+            (k, part), *_ = empty.index
+            raise DataError(
+                f"{cfg.labels}: fold {k} has no events among its {part} patients; survival "
+                "losses and metrics need some (use fewer --folds)"
+            )
 
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.yaml")
