@@ -55,3 +55,11 @@ def stdout_console() -> Any:
 
     # a wide fixed width when piped, so tables stay readable in logs
     return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 140)
+
+
+def one_line_warnings() -> None:
+    """Show Python warnings (wsimm's notes on skipped rows, ...) as ``warning: message``
+    lines instead of file:line source excerpts."""
+    import warnings
+
+    warnings.formatwarning = lambda m, *a, **k: f"warning: {m}\n"

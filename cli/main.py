@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from wsimm._version import __version__
-from wsimm_cli._common import STATE, handle_errors, stdout_console
+from wsimm_cli._common import STATE, handle_errors, one_line_warnings, stdout_console
 
 app = typer.Typer(
     name="wsimm",
@@ -349,13 +349,11 @@ def train(
     # the flags the user gave (None = not given, so --config or the defaults decide)
     given = {k: v for k, v in locals().items() if k not in ("config", "overwrite", "quiet")}
     given = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
-    import warnings
-
     from wsimm.train import TrainConfig
     from wsimm.train import train as run_train
 
     cfg = TrainConfig.load(config, **given) if config else TrainConfig(**given)
-    warnings.formatwarning = lambda m, *a, **k: f"warning: {m}\n"
+    one_line_warnings()
     res = run_train(cfg, overwrite=overwrite, quiet=quiet)
     if not quiet:
         _print_run(res)
@@ -407,11 +405,9 @@ def predict(
     device: Device = "auto",
 ) -> None:
     """Apply every fold model of a run to the slides of a store (averaged over folds)."""
-    import warnings
-
     from wsimm.train import predict as run_predict
 
-    warnings.formatwarning = lambda m, *a, **k: f"warning: {m}\n"
+    one_line_warnings()
     res, metrics = run_predict(run, store, labels=labels, out=out, device=device)
     typer.echo(f"wrote {len(res)} predictions to {out}")
     if metrics:

@@ -8,14 +8,18 @@ from wsimm.mil._base import MILModel, mlp_in, register_model
 from wsimm.mil._ops import segment_count, segment_max, segment_mean, segment_sum
 
 
-@register_model("mean")
-class MeanPool(MILModel):
-    """Project tiles, average them per bag; attention is uniform."""
+class _Pooling(MILModel):
+    """Tile projection + a fixed pooling + linear head."""
 
     def __init__(self, in_dim: int, n_outputs: int, hidden: int = 256, dropout: float = 0.25):
         super().__init__(in_dim, n_outputs)
         self.fc = mlp_in(in_dim, hidden, dropout)
         self.head = nn.Linear(hidden, n_outputs)
+
+
+@register_model("mean")
+class MeanPool(_Pooling):
+    """Project tiles, average them per bag; attention is uniform."""
 
     def pool(self, x: Tensor, batch: Tensor, n_bags: int, y: Tensor | None):
         h = self.fc(x)
@@ -24,14 +28,9 @@ class MeanPool(MILModel):
 
 
 @register_model("max")
-class MaxPool(MILModel):
+class MaxPool(_Pooling):
     """Project tiles, take the per-feature maximum per bag; a tile's attention is the share of
     features for which it is the bag's maximum."""
-
-    def __init__(self, in_dim: int, n_outputs: int, hidden: int = 256, dropout: float = 0.25):
-        super().__init__(in_dim, n_outputs)
-        self.fc = mlp_in(in_dim, hidden, dropout)
-        self.head = nn.Linear(hidden, n_outputs)
 
     def pool(self, x: Tensor, batch: Tensor, n_bags: int, y: Tensor | None):
         h = self.fc(x)

@@ -1,5 +1,6 @@
-"""Survival losses (discrete-time negative log-likelihood, Cox partial likelihood) and the
-risk/survival-curve read-outs of a discrete-time model. Convention: ``event = 1`` observed."""
+"""Survival losses: discrete-time negative log-likelihood and Cox partial likelihood.
+Convention: ``event = 1`` observed. (The risk and survival-curve read-outs of a trained model
+are :class:`wsimm.train.FoldModel` methods.)"""
 
 from __future__ import annotations
 
@@ -37,14 +38,3 @@ def cox_loss(risk: Tensor, time: Tensor, event: Tensor) -> Tensor:
     if n_ev == 0:
         return risk.sum() * 0.0  # no event in this batch: no information, keep the graph
     return -((r - log_cum) * e).sum() / n_ev
-
-
-def hazards_to_survival(logits: Tensor) -> Tensor:
-    """``S(k)`` at the end of each bin, ``(B, K)``."""
-    return torch.cumprod(torch.sigmoid(-logits), 1)
-
-
-def hazards_to_risk(logits: Tensor) -> Tensor:
-    """One risk score per patient: minus the sum of the survival curve (expected bins
-    survived), higher = worse."""
-    return -hazards_to_survival(logits).sum(1)

@@ -30,14 +30,9 @@ def kaplan_meier(time, event) -> tuple[np.ndarray, np.ndarray]:
     t, e = _arr(time, event)
     ut = np.unique(t)
     at_risk = len(t) - np.searchsorted(np.sort(t), ut, side="left")
-    d = np.array([np.sum(e & (t == u)) for u in ut]) if len(ut) < 2000 else _counts(t, e, ut)
+    d = np.bincount(np.searchsorted(ut, t[e]), minlength=len(ut))
     surv = np.cumprod(1.0 - d / np.maximum(at_risk, 1))
     return ut, surv
-
-
-def _counts(t, e, ut):
-    idx = np.searchsorted(ut, t[e])
-    return np.bincount(idx, minlength=len(ut))
 
 
 def _step(ut: np.ndarray, s: np.ndarray, at: np.ndarray, *, left: bool = False) -> np.ndarray:
@@ -52,6 +47,11 @@ def _censoring(train_time, train_event):
     return kaplan_meier(t, ~e)
 
 
+def _concordant(r: np.ndarray) -> np.ndarray:
+    """``[i, j]`` = 1 where patient i has the higher risk, 0.5 on ties."""
+    return (r[:, None] > r[None, :]) + 0.5 * (r[:, None] == r[None, :])
+
+
 def c_index(time, event, risk) -> float:
     """Harrell's concordance: among comparable pairs (the shorter time is an event), the
     fraction where the shorter-lived patient has the higher risk (ties in risk count half)."""
@@ -60,8 +60,7 @@ def c_index(time, event, risk) -> float:
     comp = (t[:, None] < t[None, :]) & e[:, None]
     if not comp.any():
         return float("nan")
-    conc = (r[:, None] > r[None, :]) + 0.5 * (r[:, None] == r[None, :])
-    return float((conc * comp).sum() / comp.sum())
+    return float((_concordant(r) * comp).sum() / comp.sum())
 
 
 def uno_c_index(time, event, risk, train_time, train_event, tau: float | None = None) -> float:
@@ -78,8 +77,7 @@ def uno_c_index(time, event, risk, train_time, train_event, tau: float | None = 
     comp = (t[:, None] < t[None, :]) * w[:, None]
     if comp.sum() == 0:
         return float("nan")
-    conc = (r[:, None] > r[None, :]) + 0.5 * (r[:, None] == r[None, :])
-    return float((conc * comp).sum() / comp.sum())
+    return float((_concordant(r) * comp).sum() / comp.sum())
 
 
 def td_auc(time, event, risk, times, train_time, train_event) -> np.ndarray:

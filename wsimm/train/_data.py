@@ -47,11 +47,9 @@ class BagSource:
         self.fs = open_store(store)
         self.slides = slides
         all_slides = [s for v in slides.values() for s in v]
+        have = {s: set(self.fs.encoders(s)) for s in all_slides}  # one metadata read each
         if encoder is None:
-            common = None
-            for s in all_slides:
-                e = set(self.fs.encoders(s))
-                common = e if common is None else common & e
+            common = set.intersection(*have.values()) if have else set()
             if not common:
                 raise DataError(
                     f"{self.fs.path}: the slides share no encoder's features; run wsimm embed "
@@ -64,7 +62,7 @@ class BagSource:
                 )
             encoder = common.pop()
         self.encoder = encoder_id(encoder)
-        lacking = [s for s in all_slides if self.encoder not in self.fs.encoders(s)]
+        lacking = [s for s in all_slides if self.encoder not in have[s]]
         if lacking:
             raise DataError(
                 f"{self.fs.path}: {len(lacking)} slide(s) have no {self.encoder!r} features "

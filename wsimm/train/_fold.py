@@ -4,6 +4,7 @@ function, and saving/loading it as ``fold_<k>/model.safetensors`` + ``fold_<k>/m
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,7 +117,7 @@ class FoldModel:
             tensors["baseline.hazard"] = torch.from_numpy(self.baseline[1].astype(np.float64))
         save_file(tensors, str(d / "model.safetensors"))
         meta = {**self.meta, "bins": self.bins.to_dict() if self.bins else None}
-        (d / "meta.json").write_text(json.dumps(meta, indent=1, default=_plain))
+        (d / "meta.json").write_text(json.dumps(json_clean(meta), indent=1))
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], device: str = "cpu") -> FoldModel:
@@ -157,9 +158,14 @@ def breslow(risk: np.ndarray, time: np.ndarray, event: np.ndarray) -> tuple[np.n
     return ut, np.cumsum(inc) * np.exp(-risk.max())
 
 
-def _plain(v):
+def json_clean(v):
+    """Plain JSON values: numpy scalars and arrays to Python, NaN/inf to null."""
+    if isinstance(v, dict):
+        return {k: json_clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple | np.ndarray):
+        return [json_clean(x) for x in v]
     if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    raise TypeError(f"not JSON serialisable: {type(v)}")
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v

@@ -19,6 +19,7 @@ from wsimm._progress import progress
 from wsimm.errors import ConfigError, DataError, WsimmWarning
 from wsimm.train._config import TrainConfig
 from wsimm.train._data import BagSource
+from wsimm.train._fold import json_clean
 from wsimm.train._splits import check_splits, load_splits, make_splits
 from wsimm.train._tables import load_examples
 
@@ -156,7 +157,6 @@ def train(
         predictions["label_name"] = [ex.classes[i] for i in predictions["label"]]
     predictions.to_csv(out / "predictions.csv", index=False)
     metrics = _summarise(cfg, fold_rows, failed)
-    (out / "metrics.json").write_text(json.dumps(_json_clean(metrics), indent=1))
     if cfg.task == "survival" and len(predictions):
         from wsimm.survival import km_plot
 
@@ -168,7 +168,7 @@ def train(
             group=groups,
             title=f"{cfg.model}, {len(fold_rows)} test folds",
         )
-        (out / "metrics.json").write_text(json.dumps(_json_clean(metrics), indent=1))
+    (out / "metrics.json").write_text(json.dumps(json_clean(metrics), indent=1))
     return RunResult(out, metrics, predictions, failed, time.perf_counter() - t0)
 
 
@@ -200,16 +200,3 @@ def _summarise(cfg: TrainConfig, rows: list[dict], failed: dict[int, str]) -> di
         "std": std,
         "failed": {str(k): v for k, v in failed.items()},
     }
-
-
-def _json_clean(v):
-    """Plain JSON: numpy scalars to Python, NaN/inf to null."""
-    if isinstance(v, dict):
-        return {k: _json_clean(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_json_clean(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
