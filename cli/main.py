@@ -339,13 +339,36 @@ def train(
     epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")] = None,
+    omics: Annotated[
+        Path | None,
+        typer.Option("--omics", help="Omics: .h5ad (obs = patients) or a table of <gene>_<assay>."),
+    ] = None,
+    gene_groups: Annotated[
+        Path | None,
+        typer.Option("--gene-groups", help="Gene groups: GMT, group/gene table or a column each."),
+    ] = None,
+    clinical: Annotated[
+        Path | None, typer.Option("--clinical", help="Clinical table (rows: patients or slides).")
+    ] = None,
+    clinical_cols: Annotated[
+        str | None, typer.Option("--clinical-cols", help="Comma-separated clinical columns to use.")
+    ] = None,
+    fusion: Annotated[
+        str | None,
+        typer.Option("--fusion", help="none (slides only), graph, late, concat or kronecker."),
+    ] = None,
+    baselines: Annotated[
+        str | None,
+        typer.Option("--baselines", help="Baselines on the same folds: auto, none or names."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML with any of these options.")
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished run.")] = False,
     quiet: Quiet = False,
 ) -> None:
-    """Cross-validate an attention-MIL model for grading or survival (patient-level folds)."""
+    """Cross-validate an attention-MIL model, or a fusion of slides, omics and clinical data,
+    for grading or survival (patient-level folds, baselines on the same folds)."""
     # the flags the user gave (None = not given, so --config or the defaults decide)
     given = {k: v for k, v in locals().items() if k not in ("config", "overwrite", "quiet")}
     given = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
@@ -389,6 +412,15 @@ def _print_run(res) -> None:
     )
     console = stdout_console()
     console.print(table)
+    if m.get("baselines"):
+        key = keys[0]
+        cmp = Table(title=f"{key} on the same folds (mean ± sd)")
+        cmp.add_column("model")
+        cmp.add_column(key, justify="right")
+        cmp.add_row(m["model"], f"{fmt(m['mean'][key])} ± {fmt(m['std'][key])}")
+        for name, b in m["baselines"].items():
+            cmp.add_row(name, f"{fmt(b['mean'].get(key))} ± {fmt(b['std'].get(key))}")
+        console.print(cmp)
     console.print(f"{res.seconds:.1f} s; predictions.csv, metrics.json, fold_*/ in {res.out}")
 
 

@@ -41,7 +41,7 @@ _LAZY_IMPORTS: dict[str, str] = {
 }
 
 #: subpackages reachable as attributes (``wsimm.slide``)
-_SUBMODULES = ("errors", "mil", "slide", "store", "survival", "testing", "train")
+_SUBMODULES = ("errors", "fusion", "mil", "slide", "store", "survival", "testing", "train")
 
 __all__ = ["__version__", *sorted(_LAZY_IMPORTS), *_SUBMODULES]
 
@@ -61,7 +61,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from wsimm import errors, mil, slide, store, survival, testing, train
+    from wsimm import errors, fusion, mil, slide, store, survival, testing, train
     from wsimm.errors import (
         ConfigError,
         DataError,

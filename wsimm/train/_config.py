@@ -11,6 +11,7 @@ from typing import Any
 from wsimm.errors import ConfigError
 
 TASKS = ("grade", "survival")
+FUSION_CHOICES = ("none", "graph", "late", "concat", "kronecker")
 
 
 @dataclass
@@ -53,12 +54,33 @@ class TrainConfig:
     workers: int = 2
     seed: int = 0
     device: str = "auto"
+    # fusion (wsimm.fusion): omics / clinical tables, and how modalities are joined
+    omics: str | None = None
+    gene_groups: str | None = None
+    clinical: str | None = None
+    clinical_cols: list[str] | None = None
+    clinical_types: dict[str, str] = field(default_factory=dict)
+    fusion: str = "none"
+    fusion_kwargs: dict[str, Any] = field(default_factory=dict)
+    graph_batch_size: int = 64
+    baselines: str = "auto"
 
     def validate(self) -> TrainConfig:
         if self.task not in TASKS:
             raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.store is None:
+        if self.fusion not in FUSION_CHOICES:
+            raise ConfigError(
+                f"--fusion must be one of {', '.join(FUSION_CHOICES)}, got {self.fusion!r}"
+            )
+        if self.fusion == "none" and (self.omics or self.clinical):
+            raise ConfigError(
+                "--omics/--clinical are used by fusion models: pass --fusion graph (or late, "
+                "concat, kronecker)"
+            )
+        if self.store is None and self.fusion == "none":
             raise ConfigError("wsimm train needs --store (the feature store with the bags)")
+        if self.fusion != "none" and not (self.store or self.omics or self.clinical):
+            raise ConfigError("--fusion needs at least one of --store, --omics, --clinical")
         if self.labels is None:
             raise ConfigError("wsimm train needs --labels (a table of patients and outcomes)")
         if self.splits is None and self.folds < 2:
@@ -73,8 +95,10 @@ class TrainConfig:
         ):
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.n_bins < 1:
-            raise ConfigError("epochs, batch_size and n_bins must be >= 1")
+        if isinstance(self.clinical_cols, str):
+            self.clinical_cols = [c.strip() for c in self.clinical_cols.split(",") if c.strip()]
+        if self.epochs < 1 or self.batch_size < 1 or self.n_bins < 1 or self.graph_batch_size < 1:
+            raise ConfigError("epochs, batch_size, graph_batch_size and n_bins must be >= 1")
         if self.max_tiles is not None and self.max_tiles < 1:
             raise ConfigError(f"max_tiles must be >= 1 or unset, got {self.max_tiles}")
         return self

@@ -20,7 +20,7 @@ from wsimm.errors import ConfigError, DataError, WsimmWarning
 from wsimm.train._config import TrainConfig
 from wsimm.train._data import BagSource
 from wsimm.train._fold import json_clean
-from wsimm.train._splits import check_splits, load_splits, make_splits
+from wsimm.train._splits import add_validation, check_splits, load_splits, make_splits
 from wsimm.train._tables import load_examples
 
 #: the metric each task reports first (DESIGN.md contract keys come first)
@@ -74,13 +74,26 @@ def train(
         )
     from wsimm.store import open_store
 
-    fs = open_store(cfg.store)
-    ex = load_examples(cfg, fs.slides())
-    source = BagSource(str(cfg.store), ex.slides, encoder=cfg.encoder, cache=cfg.cache)
-    cfg.encoder = source.encoder
+    fd = None
+    if cfg.fusion == "none":
+        ex = load_examples(cfg, open_store(cfg.store).slides())
+        source = BagSource(str(cfg.store), ex.slides, encoder=cfg.encoder, cache=cfg.cache)
+    else:
+        from wsimm.train._fusion import load_fusion_data
+
+        store_slides = open_store(cfg.store).slides() if cfg.store else None
+        ex = load_examples(cfg, store_slides, slides_required=False)
+        source = (
+            BagSource(str(cfg.store), ex.slides, encoder=cfg.encoder, cache=cfg.cache)
+            if cfg.store and ex.slides
+            else None
+        )
+        fd = load_fusion_data(cfg, ex, source)
+    cfg.encoder = source.encoder if source is not None else cfg.encoder
     device = resolve_device(cfg.device)
 
     ids = ex.ids
+    strata = ex.table["y" if cfg.task == "grade" else "event"].to_numpy()
     if cfg.splits:
         splits = load_splits(cfg.splits)
         extra = sorted(set(splits["patient_id"]) - set(ids))
@@ -92,8 +105,13 @@ def train(
                 stacklevel=2,
             )
             splits = splits[splits["patient_id"].isin(ids)]
+        splits = add_validation(
+            splits,
+            dict(zip(ids, strata, strict=True)),
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+        )
     else:
-        strata = ex.table["y" if cfg.task == "grade" else "event"].to_numpy()
         splits = make_splits(
             ids, strata, folds=cfg.folds, val_fraction=cfg.val_fraction, seed=cfg.seed
         )
@@ -114,19 +132,35 @@ def train(
     splits.to_csv(out / "splits.csv", index=False)
 
     fold_rows, preds, failed = [], [], {}
+    fold_sets = {
+        int(k): {s: d.loc[d["set"] == s, "patient_id"].tolist() for s in ("train", "val", "test")}
+        for k, d in splits.groupby("fold", sort=True)
+    }
+    baselines: dict[str, Any] = {}
     prev_det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         with progress(quiet=quiet) as bar:
             from wsimm.train._fit import fit_fold
 
-            for k in sorted(splits["fold"].unique()):
-                d = splits[splits["fold"] == k]
-                sets = {
-                    s: d.loc[d["set"] == s, "patient_id"].tolist() for s in ("train", "val", "test")
-                }
+            for k, sets in fold_sets.items():
                 try:
-                    res = fit_fold(cfg, source, ex.table, sets, int(k), device=device, bar=bar)
+                    if fd is None:
+                        res = fit_fold(cfg, source, ex.table, sets, k, device=device, bar=bar)
+                    else:
+                        from wsimm.train._fusion import fit_fusion_fold
+
+                        res = fit_fusion_fold(
+                            cfg,
+                            fd,
+                            ex.table,
+                            sets,
+                            k,
+                            fusion=cfg.fusion,
+                            modalities=fd.mods.names,
+                            device=device,
+                            bar=bar,
+                        )
                 except (DataError, ConfigError):
                     raise
                 except Exception as e:  # a fold that breaks is reported, the others go on
@@ -136,7 +170,12 @@ def train(
                     continue
                 fdir = out / f"fold_{k}"
                 res.model.meta["classes"] = ex.classes
-                res.model.save(fdir)
+                if fd is None:
+                    res.model.save(fdir)
+                else:
+                    from wsimm.train._fusion import save_fusion_fold
+
+                    save_fusion_fold(res, fdir)
                 res.history.to_csv(fdir / "history.csv", index=False)
                 fold_rows.append(
                     {
@@ -147,6 +186,10 @@ def train(
                     }
                 )
                 preds.append(res.predictions)
+            if fd is not None:
+                from wsimm.train._fusion import run_baselines
+
+                baselines = run_baselines(cfg, fd, ex.table, fold_sets, out, device=device, bar=bar)
     finally:
         torch.use_deterministic_algorithms(prev_det)
 
@@ -157,6 +200,11 @@ def train(
         predictions["label_name"] = [ex.classes[i] for i in predictions["label"]]
     predictions.to_csv(out / "predictions.csv", index=False)
     metrics = _summarise(cfg, fold_rows, failed)
+    if fd is not None:
+        metrics["model"] = f"{cfg.fusion} fusion"
+        metrics["modalities"] = fd.mods.names
+        metrics["baselines"] = baselines
+        _comparison(cfg, fold_rows, baselines).to_csv(out / "comparison.csv", index=False)
     if cfg.task == "survival" and len(predictions):
         from wsimm.survival import km_plot
 
@@ -183,14 +231,34 @@ def _check_scored(predictions: pd.DataFrame, splits: pd.DataFrame) -> None:
         raise DataError(f"test patient(s) predicted more than once: {', '.join(dup[:8])}")
 
 
-def _summarise(cfg: TrainConfig, rows: list[dict], failed: dict[int, str]) -> dict[str, Any]:
-    keys = METRIC_KEYS[cfg.task]
+def _comparison(cfg: TrainConfig, rows: list[dict], baselines: dict[str, Any]) -> pd.DataFrame:
+    """Per fold, the headline metric of the run's model and of every baseline."""
+    key = METRIC_KEYS[cfg.task][0]
+    table = {f"{cfg.fusion}_fusion": {r["fold"]: r.get(key) for r in rows}}
+    for name, b in baselines.items():
+        table[name] = {r["fold"]: r.get(key) for r in b["folds"]}
+    df = pd.DataFrame(table)
+    df.index.name = "fold"
+    df = df.sort_index()
+    df.loc["mean"] = df.mean()
+    return df.reset_index()
+
+
+def summarise_folds(task: str, rows: list[dict]) -> tuple[dict, dict]:
+    """Mean and standard deviation over folds of each metric (NaN folds left out)."""
+    keys = list(METRIC_KEYS[task])
+    keys += sorted({k for r in rows for k in r if "_without_" in k})
     mean, std = {}, {}
     for key in keys:
         v = np.array([r[key] for r in rows if r.get(key) is not None], np.float64)
         v = v[np.isfinite(v)]
         mean[key] = float(v.mean()) if len(v) else math.nan
         std[key] = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+    return mean, std
+
+
+def _summarise(cfg: TrainConfig, rows: list[dict], failed: dict[int, str]) -> dict[str, Any]:
+    mean, std = summarise_folds(cfg.task, rows)
     return {
         "task": cfg.task,
         "model": cfg.model,

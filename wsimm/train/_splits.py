@@ -63,7 +63,9 @@ def make_splits(
 
 def load_splits(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read ``splits.csv`` (ours, or a run directory holding one), or a folder of CLAM-style
-    ``splits_<k>.csv`` files with ``train``/``val``/``test`` columns."""
+    ``splits_<k>.csv`` files with ``train``/``val``/``test`` columns. Files with only ``train``
+    and ``val`` columns (the published TCGA survival folds) hold out ``val``: it becomes the
+    test set, and :func:`add_validation` carves the inner validation set from ``train``."""
     p = Path(path)
     if p.is_dir():
         if (p / "splits.csv").is_file():
@@ -76,10 +78,13 @@ def load_splits(path: str | os.PathLike[str]) -> pd.DataFrame:
             for f in files:
                 k = int(f.stem.split("_")[-1])
                 d = pd.read_csv(f, dtype=str)
-                for s in SETS:
-                    if s not in d.columns:
-                        raise DataError(f"{f}: needs columns train, val, test")
-                    rows += [(k, v, s) for v in d[s].dropna()]
+                names = {s: s for s in SETS}
+                if "test" not in d.columns and {"train", "val"} <= set(d.columns):
+                    names = {"train": "train", "val": "test"}  # val is the held-out fold
+                for col, s in names.items():
+                    if col not in d.columns:
+                        raise DataError(f"{f}: needs columns train, val, test (or train, val)")
+                    rows += [(k, v.strip(), s) for v in d[col].dropna()]
             return pd.DataFrame(rows, columns=["fold", "patient_id", "set"])
     if not p.is_file():
         raise DataError(f"{path}: splits file not found")
@@ -122,3 +127,22 @@ def check_splits(splits: pd.DataFrame, patients: list[str], *, source: str = "sp
             f"{source}: {len(untested)} patient(s) are in no test fold "
             f"({', '.join(untested[:8])}); every patient must be scored once"
         )
+
+
+def add_validation(
+    splits: pd.DataFrame, strata: dict[str, object], *, val_fraction: float, seed: int
+) -> pd.DataFrame:
+    """Give every fold without validation patients a stratified inner validation set of about
+    ``val_fraction`` of its training patients (test patients are never touched)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _k, d in splits.groupby("fold", sort=True):
+        d = d.copy()
+        if not (d["set"] == "val").any():
+            tr = np.flatnonzero((d["set"] == "train").to_numpy())
+            st = np.asarray([strata.get(p, 0) for p in d["patient_id"].iloc[tr]])
+            inner = _stratified_folds(st, max(2, round(1 / val_fraction)), rng)
+            col = d.columns.get_loc("set")
+            d.iloc[tr[inner == 0], col] = "val"
+        parts.append(d)
+    return pd.concat(parts, ignore_index=True) if parts else splits

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from wsimm._table import read_table
 from wsimm.errors import DataError, WsimmWarning
 from wsimm.train._config import TrainConfig
 
@@ -26,19 +25,6 @@ class Examples:
     @property
     def ids(self) -> list[str]:
         return self.table["patient_id"].tolist()
-
-
-def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: table not found")
-    try:
-        if p.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(p)
-        sep = "\t" if p.suffix.lower() in (".tsv", ".txt") else ","
-        return pd.read_csv(p, sep=sep)
-    except Exception as e:
-        raise DataError(f"{p}: cannot read the table ({type(e).__name__}: {e})") from e
 
 
 def _slide_key(v: str) -> str:
@@ -58,7 +44,11 @@ def _listing(items, n: int = 8) -> str:
 
 
 def load_examples(
-    cfg: TrainConfig, store_slides: list[str] | None, *, require_outcomes: bool = True
+    cfg: TrainConfig,
+    store_slides: list[str] | None,
+    *,
+    require_outcomes: bool = True,
+    slides_required: bool = True,
 ) -> Examples:
     """Read the labels table named in ``cfg`` and return the patients to train on.
 
@@ -66,10 +56,15 @@ def load_examples(
     negative times, events other than 0/1, NaN labels, one patient with conflicting outcomes,
     one slide under two patients. Warnings: rows whose slide is not in the store, and patients
     left without any slide (they are not used; the slide-only task cannot score them).
+
+    With ``slides_required=False`` (fusion), patients without slides stay (they have other
+    modalities), the slide column may be absent, and ``store_slides=None`` means no store.
     """
     src = str(cfg.labels)
     df = read_table(src)
-    need = [cfg.patient_col, cfg.slide_col]
+    need = [cfg.patient_col]
+    if slides_required or store_slides is not None:
+        need.append(cfg.slide_col)
     outcome = (
         [cfg.label_col]
         if cfg.task == "grade"
@@ -90,7 +85,7 @@ def load_examples(
         rows = (np.flatnonzero(pid.isna() | (pid.astype(str).str.strip() == "")) + 2).tolist()
         raise DataError(f"{src}: empty {cfg.patient_col} on line(s) {_listing(rows)}")
     df["patient_id"] = pid.astype(str).str.strip()
-    sl = df[cfg.slide_col]
+    sl = df[cfg.slide_col] if cfg.slide_col in df.columns else pd.Series([""] * len(df))
     df["slide_id"] = [
         "" if (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "" else _slide_key(str(v))
         for v in sl
@@ -146,6 +141,8 @@ def load_examples(
 
     slides: dict[str, list[str]] = {}
     unmatched = []
+    if store_slides is None and not slides_required:
+        with_slide = with_slide.iloc[:0]
     avail = set(store_slides) if store_slides is not None else None
     for p, s in zip(with_slide["patient_id"], with_slide["slide_id"], strict=True):
         if avail is not None and s not in avail:
@@ -164,6 +161,8 @@ def load_examples(
     table = df.groupby("patient_id", sort=False)[["slide_id", *cols]].first().reset_index()
     table = table.drop(columns="slide_id")
     dropped = table.loc[~table["patient_id"].isin(slides), "patient_id"].tolist()
+    if not slides_required:
+        dropped = []
     if dropped:
         warnings.warn(
             f"{src}: {len(dropped)} patient(s) have no slide in the store and are left out of "
@@ -171,7 +170,8 @@ def load_examples(
             WsimmWarning,
             stacklevel=2,
         )
-    table = table[table["patient_id"].isin(slides)].reset_index(drop=True)
+    if slides_required:
+        table = table[table["patient_id"].isin(slides)].reset_index(drop=True)
     if table.empty:
         raise DataError(
             f"{src}: no row matches a slide in the store; check --slide-col and that the "

@@ -1,0 +1,211 @@
+"""wsimm.fusion on small real torch-geometric graphs: inputs, preprocessing fitted on training
+patients only, graph construction with absent modalities, shapes and gradient flow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch_geometric")
+
+import torch
+from torch_geometric.data import Batch
+
+import wsimm
+from wsimm.errors import DataError
+from wsimm.fusion import (
+    FusionNet,
+    FusionSpec,
+    Modalities,
+    Preprocessor,
+    build_graphs,
+    read_clinical,
+    read_gene_groups,
+    read_omics,
+)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fusion")
+    co = wsimm.make_cohort(24, seed=3, tiles_per_slide=(20, 40), feature_dim=16)
+    return co, co.save(d)
+
+
+def _mods(co, paths) -> Modalities:
+    clin, spec = read_clinical(
+        paths["clinical"], patient_col="patient_id", columns=None, exclude=["patient_id"]
+    )
+    slides = {}
+    for p, s in zip(co.labels["patient_id"], co.labels["slide_id"], strict=True):
+        if isinstance(s, str) and s:
+            slides.setdefault(p, []).append(s)
+    return Modalities(
+        slides=slides,
+        omics=read_omics(paths["omics"]),
+        clinical=clin,
+        clinical_spec=spec,
+        gene_groups=read_gene_groups(paths["gene_groups"]),
+    )
+
+
+def _net(mods, pre, fusion, slide_dim=16, **kw):
+    spec = FusionSpec(
+        fusion=fusion,
+        modalities=mods.names,
+        n_outputs=3,
+        kind_genes=[p.shape[1] for p in pre.proj] or [len(g) for *_, g in pre.kinds],
+        assays=[a for _, a, _ in pre.kinds],
+        n_clinical=len(pre.clinical_columns),
+        n_slots=pre.clinical_slots()[1],
+        slide_dim=slide_dim,
+        **kw,
+    )
+    net = FusionNet(spec)
+    net.set_gene_index(
+        [[pre.genes[a].index(x) for x in genes] for _, a, genes in pre.kinds], pre.proj
+    )
+    return net
+
+
+def _tiles(co, batch, slide_ids):
+    sidx = batch["slide"].sidx
+    parts = [torch.from_numpy(co.bags[slide_ids[i]].astype(np.float32)) for i in sidx]
+    if not parts:
+        return None
+    sizes = torch.as_tensor([len(p) for p in parts])
+    return torch.cat(parts), torch.repeat_interleave(torch.arange(len(parts)), sizes)
+
+
+def test_inputs_typing_and_groups(cohort, tmp_path):
+    co, paths = cohort
+    mods = _mods(co, paths)
+    types = {"age": "numeric", "sex": "categorical", "stage": "categorical"}
+    assert mods.clinical_spec.types == types
+    assert set(mods.omics.assays) == {"rnaseq", "cnv", "mut"}
+    assert len(mods.gene_groups) == 6
+    # GMT and wide-CSV gene groups give the same groups
+    gmt = tmp_path / "g.gmt"
+    gmt.write_text("\n".join(f"{k}\tdesc\t" + "\t".join(v) for k, v in mods.gene_groups.items()))
+    assert read_gene_groups(gmt) == mods.gene_groups
+    # h5ad omics: same values as the wide table
+    ad = read_omics(paths["omics_h5ad"])
+    pid = mods.omics.patients[0]
+    np.testing.assert_allclose(
+        ad.assays["rnaseq"].loc[pid].to_numpy(),
+        mods.omics.assays["rnaseq"].loc[pid, ad.assays["rnaseq"].columns].to_numpy(),
+        rtol=1e-6,
+    )
+    with pytest.raises(DataError, match="no omics columns"):
+        read_omics(paths["clinical"])
+
+
+def test_preprocessing_sees_training_patients_only(cohort):
+    co, paths = cohort
+    mods = _mods(co, paths)
+    ids = mods.omics.patients
+    train = ids[:10]
+    pre = Preprocessor.fit(mods, train)
+    raw = mods.omics.assays["rnaseq"].loc[train, pre.genes["rnaseq"]].to_numpy(np.float64)
+    np.testing.assert_allclose(pre.omics_mean["rnaseq"], raw.mean(0), rtol=1e-5, atol=1e-6)
+    # changing a test patient's values changes nothing that was fitted
+    mods.omics.assays["rnaseq"].loc[ids[-1]] += 100.0
+    pre2 = Preprocessor.fit(mods, train)
+    np.testing.assert_array_equal(pre.omics_mean["rnaseq"], pre2.omics_mean["rnaseq"])
+    age = mods.clinical.loc[train, "age"]
+    assert pre.clin_num["age"] == pytest.approx((age.mean(), age.std()))
+    assert pre.to_dict() == Preprocessor.from_dict(pre.to_dict()).to_dict()
+
+
+def test_absent_modalities_have_no_nodes(cohort):
+    co, paths = cohort
+    mods = _mods(co, paths)
+    pids = co.patients["patient_id"].tolist()
+    slide_ids = [s for p in pids for s in mods.slides.get(p, [])]
+    pre = Preprocessor.fit(mods, pids)
+    graphs = build_graphs(mods, pre, pids, slide_index={s: i for i, s in enumerate(slide_ids)})
+    truth = co.patients.set_index("patient_id")
+    for pid, g in zip(pids, graphs, strict=True):
+        assert g["slide"].num_nodes == truth.loc[pid, "n_slides"]
+        n_kinds = len(pre.kinds) if truth.loc[pid, "has_omics"] else 0
+        assert g["gene_group"].num_nodes == n_kinds
+        assert g["clinical"].num_nodes == 3
+        assert g["patient"].num_nodes == 1
+        ei = g["gene_group", "to", "patient"].edge_index
+        assert ei.shape == (2, n_kinds)
+        assert g["slide", "to", "gene_group"].edge_index.shape[1] == n_kinds * g["slide"].num_nodes
+    assert (~truth["has_omics"]).any() and (truth["n_slides"] == 0).any()  # both cases occur
+    # a missing clinical value gives no node, not a zero
+    mods.clinical.loc[pids[0], "age"] = np.nan
+    g0 = build_graphs(mods, pre, pids[:1], slide_index=None)[0]
+    assert g0["clinical"].num_nodes == 2
+
+
+@pytest.mark.parametrize("fusion", ["graph", "late", "concat", "kronecker"])
+def test_shapes_masking_and_gradient_flow(cohort, fusion):
+    co, paths = cohort
+    mods = _mods(co, paths)
+    pids = co.patients["patient_id"].tolist()
+    slide_ids = [s for p in pids for s in mods.slides.get(p, [])]
+    pre = Preprocessor.fit(mods, pids, group_pcs=4)
+    graphs = build_graphs(mods, pre, pids, slide_index={s: i for i, s in enumerate(slide_ids)})
+    torch.manual_seed(0)
+    net = _net(mods, pre, fusion, hidden=16, heads=2, dropout=0.0)
+    b = Batch.from_data_list(graphs)
+    out = net(b, _tiles(co, b, slide_ids))
+    assert out.logits.shape == (len(pids), 3)
+    assert torch.isfinite(out.logits).all()
+    if fusion == "graph":  # readout weights sum to one per patient with any node
+        total = torch.zeros(len(pids))
+        for t, w in out.weights.items():
+            total.index_add_(0, b[t].batch, w)
+        assert torch.allclose(total, torch.ones(len(pids)), atol=1e-5)
+    # every modality encoder gets a gradient
+    out.logits.sum().backward()
+    enc = {
+        "omics": net.kind_nets[0][0].weight,
+        "clinical": net.var_emb.weight,
+        "slide": net.mil.fc[0].weight,
+    }
+    for m, w in enc.items():
+        assert w.grad is not None and w.grad.abs().sum() > 0, m
+
+    # a patient's output depends on its own graph only (batching does not mix patients)
+    net.eval()
+    with torch.no_grad():
+        full = net(b, _tiles(co, b, slide_ids)).logits
+        one = Batch.from_data_list(graphs[5:6])
+        alone = net(one, _tiles(co, one, slide_ids)).logits
+    torch.testing.assert_close(full[5:6], alone, atol=1e-5, rtol=1e-4)
+
+    # masking a modality = the patient without it: outputs match the graph built without it
+    keep = {"gene_group": torch.zeros(b["gene_group"].num_nodes, dtype=torch.bool)}
+    with torch.no_grad():
+        masked = net(b, _tiles(co, b, slide_ids), keep=keep).logits
+        g_no = build_graphs(
+            mods,
+            pre,
+            pids,
+            slide_index={s: i for i, s in enumerate(slide_ids)},
+            use=("slide", "clinical"),
+        )
+        b_no = Batch.from_data_list(g_no)
+        for k in ("omics_rnaseq", "omics_cnv", "omics_mut"):
+            setattr(b_no, k, getattr(b, k))
+        rebuilt = net(b_no, _tiles(co, b_no, slide_ids)).logits
+    torch.testing.assert_close(masked, rebuilt, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(masked, full)
+
+
+def test_hgt_layers_run(cohort):
+    co, paths = cohort
+    mods = _mods(co, paths)
+    mods.slides = {}
+    pids = co.patients["patient_id"].tolist()
+    pre = Preprocessor.fit(mods, pids)
+    graphs = build_graphs(mods, pre, pids, slide_index={})
+    net = _net(mods, pre, "graph", hidden=16, heads=2, conv="hgt")
+    out = net(Batch.from_data_list(graphs))
+    assert out.logits.shape == (len(pids), 3)
+    out.logits.sum().backward()
+    assert net.kind_nets[0][0].weight.grad.abs().sum() > 0

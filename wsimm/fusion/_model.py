@@ -1,0 +1,375 @@
+"""Fusion networks over the patient graphs: modality encoders shared by every variant, and
+the ways to join them (``graph``: heterogeneous attention message passing into a patient hub;
+``late``, ``concat``, ``kronecker``: the usual non-graph fusions, here as baselines).
+
+Shapes: ``B`` patients in a batch, ``h`` the hidden width, ``K`` gene-group kinds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from wsimm.errors import ConfigError
+from wsimm.fusion._graph import EDGE_TYPES, NODE_TYPES
+
+__all__ = ["FUSIONS", "FusionEnsemble", "FusionNet", "FusionOutput", "FusionSpec"]
+
+#: how modalities are joined
+FUSIONS = ("graph", "late", "concat", "kronecker")
+#: node type of each modality
+MODALITY_NODE = {"slide": "slide", "omics": "gene_group", "clinical": "clinical"}
+
+
+class FusionOutput(NamedTuple):
+    """``logits`` ``(B, n_outputs)``; ``weights`` per node type the readout attention of each
+    node (graph fusion; ``None`` otherwise); ``aux_loss`` from the slide MIL model or ``None``."""
+
+    logits: Tensor
+    weights: dict[str, Tensor] | None
+    aux_loss: Tensor | None
+
+
+@dataclass
+class FusionSpec:
+    """What a network is built for (saved with the fold so it can be rebuilt)."""
+
+    fusion: str
+    modalities: list[str]
+    n_outputs: int
+    kind_genes: list[int]  # genes per gene-group kind (omics)
+    assays: list[str]  # assay of each kind
+    n_clinical: int = 0  # clinical variables
+    n_slots: int = 0  # clinical embedding slots
+    slide_dim: int = 0  # tile feature width (slides)
+    slide_model: str = "abmil"
+    slide_model_kwargs: dict[str, Any] | None = None
+    hidden: int = 64
+    layers: int = 2
+    conv: str = "gatv2"
+    heads: int = 4
+    dropout: float = 0.25
+    modality_dropout: float = 0.25
+    kron_dim: int = 16
+
+    def validate(self) -> FusionSpec:
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"--fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        if self.conv not in ("gatv2", "hgt"):
+            raise ConfigError(f"fusion conv must be gatv2 or hgt, got {self.conv!r}")
+        if not self.modalities:
+            raise ConfigError("fusion needs at least one modality (slides, omics or clinical)")
+        if self.hidden % self.heads:
+            raise ConfigError(f"fusion hidden ({self.hidden}) must be a multiple of heads")
+        return self
+
+
+def _snn(n_in: int, h: int, p: float) -> nn.Sequential:
+    """A self-normalising block (SELU + alpha dropout), the usual omics encoder."""
+    return nn.Sequential(nn.Linear(n_in, h), nn.SELU(), nn.AlphaDropout(p), nn.Linear(h, h))
+
+
+class FusionNet(nn.Module):
+    """Encoders per modality, then one of :data:`FUSIONS`, then a head.
+
+    ``forward(batch, tiles=None, keep=None)`` takes a batched ``HeteroData`` (see
+    :func:`wsimm.fusion.build_graphs`), the tiles of its slide nodes (``(x, slide_of_tile)``,
+    slides in the batch's node order) when slides are used, and ``keep``: node type -> bool
+    per node, the nodes that take part (modality dropout, or a modality removed at test time).
+    """
+
+    def __init__(self, spec: FusionSpec) -> None:
+        super().__init__()
+        self.spec = spec.validate()
+        h, p = spec.hidden, spec.dropout
+        self.mods = list(spec.modalities)
+        self.n_outputs = spec.n_outputs
+        if "omics" in self.mods:
+            self.kind_nets = nn.ModuleList(_snn(n, h, p) for n in spec.kind_genes)
+            self.kind_emb = nn.Embedding(max(1, len(spec.kind_genes)), h)
+        if "clinical" in self.mods:
+            self.var_emb = nn.Embedding(max(1, spec.n_clinical), h)
+            self.num_w = nn.Embedding(max(1, spec.n_clinical), h)
+            self.slot_emb = nn.Embedding(max(1, spec.n_slots), h)
+            self.clin_mlp = nn.Sequential(nn.ELU(), nn.Linear(h, h))
+        if "slide" in self.mods:
+            from wsimm.mil import create_model
+
+            self.mil = create_model(
+                spec.slide_model, spec.slide_dim, 1, **(spec.slide_model_kwargs or {})
+            )
+            with torch.no_grad():  # the MIL model's bag embedding width, from two dummy tiles
+                e, _, _ = self.mil.pool(
+                    torch.zeros(2, spec.slide_dim), torch.zeros(2, dtype=torch.long), 1, None
+                )
+            self.slide_proj = nn.Linear(e[0].numel(), h)
+
+        if spec.fusion == "graph":
+            self._build_graph(spec)
+        else:
+            k = len(self.mods)
+            flat = {
+                "omics": h * max(1, len(spec.kind_genes)),
+                "clinical": h * max(1, spec.n_clinical),
+                "slide": h,
+            }
+            self.summary = nn.ModuleDict(
+                {
+                    m: nn.Sequential(nn.Linear(flat[m], h), nn.ELU(), nn.Dropout(p))
+                    for m in self.mods
+                }
+            )
+            if spec.fusion == "late":
+                self.heads_m = nn.ModuleDict({m: nn.Linear(h, spec.n_outputs) for m in self.mods})
+            elif spec.fusion == "concat":
+                self.head = self._head(k * h + k)
+            else:  # kronecker (PathomicFusion): gated, 1-appended modality vectors
+                d = spec.kron_dim
+                self.gates = nn.ModuleDict(
+                    {m: nn.Sequential(nn.Linear(h, d), nn.Sigmoid()) for m in self.mods}
+                )
+                self.reduce = nn.ModuleDict({m: nn.Linear(h, d) for m in self.mods})
+                self.head = self._head((d + 1) ** k)
+
+    def _head(self, n_in: int) -> nn.Sequential:
+        h, p = self.spec.hidden, self.spec.dropout
+        return nn.Sequential(
+            nn.Linear(n_in, h), nn.ELU(), nn.Dropout(p), nn.Linear(h, self.spec.n_outputs)
+        )
+
+    def _build_graph(self, spec: FusionSpec) -> None:
+        from torch_geometric.nn import GATv2Conv, HeteroConv, HGTConv
+
+        h = spec.hidden
+        present = {MODALITY_NODE[m] for m in self.mods} | {"patient"}
+        self.edge_types = [et for et in EDGE_TYPES if et[0] in present and et[2] in present]
+        self.node_types = sorted(present)
+        self.patient0 = nn.Parameter(torch.zeros(1, h))
+        self.convs = nn.ModuleList()
+        for _ in range(spec.layers):
+            if spec.conv == "hgt":
+                self.convs.append(
+                    HGTConv(-1, h, (self.node_types, self.edge_types), heads=spec.heads)
+                )
+            else:
+                self.convs.append(
+                    HeteroConv(
+                        {
+                            et: GATv2Conv(
+                                (-1, -1),
+                                h // spec.heads,
+                                heads=spec.heads,
+                                add_self_loops=False,
+                                dropout=spec.dropout / 2,
+                            )
+                            for et in self.edge_types
+                        },
+                        aggr="sum",
+                    )
+                )
+        self.norms = nn.ModuleList(
+            nn.ModuleDict({t: nn.LayerNorm(h) for t in self.node_types}) for _ in self.convs
+        )
+        self.att_v = nn.Linear(h, h)
+        self.att_u = nn.Linear(h, h)
+        self.att_w = nn.Linear(h, 1)
+        self.head = self._head(2 * h)
+
+    # -- encoders ---------------------------------------------------------------------------
+    def _encode(
+        self, data, tiles, keep: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
+        """Node features ``(n_nodes, h)`` per node type, the per-kind omics embeddings
+        ``(K, B, h)`` and the slide model's auxiliary loss."""
+        x: dict[str, Tensor] = {}
+        kind_all, aux = None, None
+        B = int(data.num_graphs)
+        dev = self.patient_device
+        if "omics" in self.mods:
+            outs = []
+            for k, net in enumerate(self.kind_nets):
+                xa = getattr(data, f"omics_{self.spec.assays[k]}")[:, self._genes_of(k)]
+                if hasattr(self, f"_proj_{k}"):
+                    xa = xa @ getattr(self, f"_proj_{k}")
+                outs.append(net(xa) + self.kind_emb.weight[k])
+            kind_all = torch.stack(outs) if outs else torch.zeros(0, B, self.spec.hidden)
+            st = data["gene_group"]
+            x["gene_group"] = kind_all[st.kind, st.batch] if st.num_nodes else self._empty(dev)
+        if "clinical" in self.mods:
+            st = data["clinical"]
+            if st.num_nodes:
+                e = self.var_emb(st.var) + st.value[:, None] * self.num_w(st.var)
+                x["clinical"] = self.clin_mlp(e + self.slot_emb(st.slot))
+            else:
+                x["clinical"] = self._empty(dev)
+        if "slide" in self.mods:
+            st = data["slide"]
+            if st.num_nodes and "slide" in keep and not bool(keep["slide"].any()):
+                x["slide"] = torch.zeros(int(st.num_nodes), self.spec.hidden, device=dev)
+            elif st.num_nodes:
+                if tiles is None:
+                    raise ConfigError("this fusion network uses slides: pass their tiles")
+                tx, tb = tiles
+                emb, _, aux = self.mil.pool(tx, tb, int(st.num_nodes), None)
+                x["slide"] = self.slide_proj(emb.flatten(1))
+            else:
+                x["slide"] = self._empty(dev)
+        return x, kind_all, aux
+
+    def _genes_of(self, k: int) -> Tensor:
+        # gene positions of kind k inside its assay's matrix, set by the trainer
+        return getattr(self, f"_genes_{k}")
+
+    def set_gene_index(self, index: list[list[int]], proj: list | None = None) -> None:
+        """Positions of each kind's genes in its assay's columns and, optionally, a fixed
+        projection per kind (genes x inputs) applied first (buffers, saved with the weights)."""
+        for k, idx in enumerate(index):
+            self.register_buffer(f"_genes_{k}", torch.as_tensor(idx, dtype=torch.long))
+            if proj:
+                self.register_buffer(f"_proj_{k}", torch.as_tensor(proj[k], dtype=torch.float32))
+
+    @property
+    def patient_device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _empty(self, dev) -> Tensor:
+        return torch.zeros(0, self.spec.hidden, device=dev)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, data, tiles=None, keep: dict[str, Tensor] | None = None) -> FusionOutput:
+        keep = keep or {}
+        x, kind_all, aux = self._encode(data, tiles, keep)
+        B = int(data.num_graphs)
+        if self.spec.fusion == "graph":
+            logits, weights = self._graph_forward(data, x, keep, B)
+            return FusionOutput(logits, weights, aux)
+        return FusionOutput(self._flat_forward(data, x, kind_all, keep, B), None, aux)
+
+    def _graph_forward(self, data, x, keep, B):
+        from torch_geometric.utils import softmax
+
+        dev = self.patient_device
+        x = dict(x)
+        x["patient"] = self.patient0.expand(B, -1)
+        ei = {}
+        for et in self.edge_types:
+            e = data[et].edge_index
+            s, _, d = et
+            m = torch.ones(e.shape[1], dtype=torch.bool, device=e.device)
+            if s in keep:
+                m &= keep[s][e[0]]
+            if d in keep:
+                m &= keep[d][e[1]]
+            ei[et] = e[:, m]
+        for conv, norms in zip(self.convs, self.norms, strict=True):
+            out = conv(x, ei)
+            x = {
+                t: norms[t](
+                    v
+                    + nn.functional.dropout(
+                        nn.functional.elu(out[t]), self.spec.dropout, self.training
+                    )
+                )
+                if t in out and out[t] is not None
+                else v
+                for t, v in x.items()
+            }
+        # readout: gated attention over the patient's modality nodes
+        feats, owners, types = [], [], []
+        for t in NODE_TYPES:
+            if t not in x or t == "patient":
+                continue
+            n = x[t].shape[0]
+            if n == 0:
+                continue
+            m = keep.get(t, torch.ones(n, dtype=torch.bool, device=dev))
+            feats.append(x[t][m])
+            owners.append(data[t].batch[m])
+            types.append((t, m))
+        hp = x["patient"]
+        weights: dict[str, Tensor] = {}
+        if feats:
+            f, o = torch.cat(feats), torch.cat(owners)
+            a = self.att_w(torch.tanh(self.att_v(f)) * torch.sigmoid(self.att_u(f))).squeeze(1)
+            a = softmax(a, o, num_nodes=B)
+            pooled = torch.zeros(B, f.shape[1], device=dev).index_add_(0, o, a[:, None] * f)
+            start = 0
+            for t, m in types:
+                w = torch.zeros(m.shape[0], device=dev)
+                n_kept = int(m.sum())
+                w[m] = a[start : start + n_kept]
+                weights[t] = w
+                start += n_kept
+        else:
+            pooled = torch.zeros_like(hp)
+        return self.head(torch.cat([hp, pooled], 1)), weights
+
+    def _flat_forward(self, data, x, kind_all, keep, B):
+        h = self.spec.hidden
+        dev = self.patient_device
+        summ, present = {}, {}
+        for m in self.mods:
+            t = MODALITY_NODE[m]
+            st = data[t]
+            n = x[t].shape[0]
+            k = keep.get(t, torch.ones(n, dtype=torch.bool, device=dev))
+            owner = st.batch[k] if n else torch.zeros(0, dtype=torch.long, device=dev)
+            has = torch.zeros(B, device=dev).index_fill_(0, owner, 1.0)
+            if m == "slide":
+                xs = x[t][k]
+                cnt = torch.zeros(B, device=dev).index_add_(
+                    0, owner, torch.ones_like(owner, dtype=torch.float)
+                )
+                flat = (
+                    torch.zeros(B, h, device=dev).index_add_(0, owner, xs)
+                    / cnt.clamp(min=1)[:, None]
+                )
+            else:
+                slot = st.kind[k] if m == "omics" else st.var[k]
+                width = len(self.spec.kind_genes) if m == "omics" else self.spec.n_clinical
+                flat = torch.zeros(B, max(1, width), h, device=dev)
+                flat[owner, slot] = x[t][k]
+                flat = flat.flatten(1)
+            summ[m] = self.summary[m](flat) * has[:, None]
+            present[m] = has
+        if self.spec.fusion == "late":
+            num = sum(self.heads_m[m](summ[m]) * present[m][:, None] for m in self.mods)
+            den = sum(present[m] for m in self.mods)
+            return num / den.clamp(min=1)[:, None]
+        if self.spec.fusion == "concat":
+            z = torch.cat(
+                [summ[m] for m in self.mods] + [torch.stack([present[m] for m in self.mods], 1)], 1
+            )
+            return self.head(z)
+        # kronecker: outer product of [gate * reduce(summary); 1] over modalities
+        z = None
+        for m in self.mods:
+            v = self.gates[m](summ[m]) * self.reduce[m](summ[m]) * present[m][:, None]
+            v = torch.cat([v, torch.ones(B, 1, device=dev)], 1)
+            z = v if z is None else (z[:, :, None] * v[:, None, :]).flatten(1)
+        return self.head(z)
+
+
+class FusionEnsemble(nn.Module):
+    """Networks trained from different seeds on the same fold; logits and readout weights
+    are averaged over members."""
+
+    def __init__(self, members: list[FusionNet]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.mods = members[0].mods
+        self.n_outputs = members[0].n_outputs
+        self.spec = members[0].spec
+
+    def forward(self, data, tiles=None, keep: dict[str, Tensor] | None = None) -> FusionOutput:
+        outs = [m(data, tiles, keep=keep) for m in self.members]
+        logits = torch.stack([o.logits for o in outs]).mean(0)
+        weights = None
+        if outs[0].weights:
+            weights = {
+                t: torch.stack([o.weights[t] for o in outs]).mean(0) for t in outs[0].weights
+            }
+        return FusionOutput(logits, weights, None)

@@ -1,0 +1,550 @@
+"""Training fusion networks (:mod:`wsimm.fusion`) fold by fold, and the baselines reported next
+to them on the same folds: linear clinical and clinical+omics(PCA) models, single-modality
+networks, and the late / concatenation / Kronecker fusions.
+
+Everything a fold fits (omics and clinical normalisation, category vocabularies, PCA, tile
+normalisation, time bins, the Cox baseline hazard) sees only that fold's training patients.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wsimm.errors import DataError, WsimmWarning
+from wsimm.fusion._inputs import (
+    Modalities,
+    Preprocessor,
+    read_clinical,
+    read_gene_groups,
+    read_omics,
+)
+from wsimm.survival import TimeBins
+from wsimm.train._config import TrainConfig
+from wsimm.train._data import BagSource, FeatureNorm
+from wsimm.train._fit import FoldResult, _Objective, _prediction_rows, _score
+from wsimm.train._fold import FoldModel, breslow, json_clean
+from wsimm.train._tables import Examples, _listing
+
+MODALITY_NODE = {"slide": "slide", "omics": "gene_group", "clinical": "clinical"}
+
+
+@dataclass
+class FusionData:
+    """The modalities of a fusion run and, when slides are used, where their tiles are."""
+
+    mods: Modalities
+    source: BagSource | None
+    slide_ids: list[str]
+
+    @property
+    def slide_index(self) -> dict[str, int]:
+        return {s: i for i, s in enumerate(self.slide_ids)}
+
+
+def load_fusion_data(cfg: TrainConfig, ex: Examples, source: BagSource | None) -> FusionData:
+    """Read ``--omics``, ``--gene-groups`` and ``--clinical`` for the cohort in ``ex``."""
+    ids = set(ex.ids)
+    mods = Modalities(slides={p: s for p, s in ex.slides.items() if p in ids})
+    if cfg.omics:
+        mods.omics = read_omics(cfg.omics, patient_col=cfg.patient_col)
+        mods.omics.assays = {a: df[df.index.isin(ids)] for a, df in mods.omics.assays.items()}
+        if not any(len(df) for df in mods.omics.assays.values()):
+            raise DataError(
+                f"{cfg.omics}: no patient of {cfg.labels} is in the omics table; check "
+                f"--patient-col ({cfg.patient_col})"
+            )
+        if cfg.gene_groups:
+            mods.gene_groups = read_gene_groups(cfg.gene_groups)
+    if cfg.clinical:
+        exclude = [
+            cfg.patient_col,
+            cfg.slide_col,
+            cfg.label_col,
+            cfg.time_col,
+            cfg.event_col,
+            *([cfg.censorship_col] if cfg.censorship_col else []),
+        ]
+        clin, spec = read_clinical(
+            cfg.clinical,
+            patient_col=cfg.patient_col,
+            columns=cfg.clinical_cols,
+            exclude=exclude,
+            types=cfg.clinical_types,
+        )
+        outcome_like = sorted(set(spec.types) & set(exclude))
+        if outcome_like:
+            raise DataError(
+                f"{cfg.clinical}: clinical column(s) {', '.join(outcome_like)} are ids or "
+                "outcomes; a model must not read them"
+            )
+        mods.clinical = clin[clin.index.isin(ids)]
+        mods.clinical_spec = spec
+    have = set(mods.slides)
+    if mods.omics is not None:
+        have |= set(mods.omics.patients)
+    if mods.clinical is not None:
+        have |= set(mods.clinical.index)
+    bare = sorted(ids - have)
+    if bare:
+        warnings.warn(
+            f"{cfg.labels}: {len(bare)} patient(s) have no slide, omics or clinical data "
+            f"({_listing(bare)}); they are scored from the training prior alone",
+            WsimmWarning,
+            stacklevel=2,
+        )
+    slide_ids = [s for p in ex.ids for s in mods.slides.get(p, [])]
+    return FusionData(mods, source, slide_ids)
+
+
+def available_modalities(fd: FusionData) -> list[str]:
+    return fd.mods.names
+
+
+# -- one network, one fold ------------------------------------------------------------------------
+
+
+class _Net:
+    """A fusion network with what it needs to run on graphs: the fold's preprocessing, tile
+    normalisation and the slides' tiles."""
+
+    def __init__(
+        self, net, pre: Preprocessor, fd: FusionData, norm: FeatureNorm | None, device: str
+    ):
+        self.net, self.pre, self.fd, self.norm, self.device = net, pre, fd, norm, device
+
+    def tiles(self, batch, *, max_tiles: int | None = None, rng=None):
+        import torch
+
+        if "slide" not in self.net.mods or batch["slide"].num_nodes == 0:
+            return None
+        parts, sizes = [], []
+        for i in batch["slide"].sidx.tolist():
+            b = self.fd.source.slide(self.fd.slide_ids[i])  # type: ignore[union-attr]
+            if rng is not None and max_tiles is not None and len(b) > max_tiles:
+                b = b[np.sort(rng.choice(len(b), max_tiles, replace=False))]
+            parts.append(b)
+            sizes.append(len(b))
+        x = torch.from_numpy(np.concatenate(parts)).to(self.device).float()
+        if self.norm is not None:
+            x = self.norm.apply(x)
+        sb = torch.repeat_interleave(
+            torch.arange(len(sizes), device=self.device), torch.as_tensor(sizes, device=self.device)
+        )
+        return x, sb
+
+    def run(self, graphs: list, *, remove: tuple[str, ...] = (), batch_size: int = 64):
+        """Logits ``(n, K)`` and per-node readout weights for ``graphs`` (eval mode); the
+        modalities in ``remove`` are taken away (their nodes do not take part)."""
+        import torch
+        from torch_geometric.data import Batch
+
+        self.net.eval()
+        logits, weights = [], []
+        with torch.inference_mode():
+            for i in range(0, len(graphs), batch_size):
+                b = Batch.from_data_list(graphs[i : i + batch_size]).to(self.device)
+                keep = {
+                    MODALITY_NODE[m]: torch.zeros(
+                        b[MODALITY_NODE[m]].num_nodes, dtype=torch.bool, device=self.device
+                    )
+                    for m in remove
+                    if m in self.net.mods
+                }
+                out = self.net(b, self.tiles(b) if "slide" not in remove else None, keep=keep)
+                logits.append(out.logits.float().cpu().numpy())
+                weights.append(_weights_per_patient(b, out.weights, self, keep))
+        return np.concatenate(logits), [w for ws in weights for w in ws]
+
+
+def _weights_per_patient(b, weights, net: _Net, keep) -> list[dict | None]:
+    """For graph fusion: per patient, the readout weight of each modality and of each node."""
+    n = int(b.num_graphs)
+    if not weights:
+        return [None] * n
+    out: list[dict] = [{"modality": {}, "nodes": {}} for _ in range(n)]
+    kinds = net.pre.kinds
+    cols = net.pre.clinical_columns
+    for m in net.net.mods:
+        t = MODALITY_NODE[m]
+        if t not in weights:
+            continue
+        w = weights[t].cpu().numpy()
+        owner = b[t].batch.cpu().numpy()
+        if t == "gene_group":
+            names = [f"{kinds[k][0]}|{kinds[k][1]}" for k in b[t].kind.cpu().numpy()]
+        elif t == "clinical":
+            names = [cols[v] for v in b[t].var.cpu().numpy()]
+        else:
+            names = [net.fd.slide_ids[i] for i in b[t].sidx.cpu().numpy()]
+        for j in range(n):
+            sel = owner == j
+            if sel.any():
+                out[j]["modality"][m] = float(w[sel].sum())
+                out[j]["nodes"][m] = dict(
+                    zip(np.asarray(names, object)[sel], w[sel].tolist(), strict=True)
+                )
+    return out
+
+
+def _keep_masks(b, mods: list[str], p: float, gen):
+    """Modality dropout: per patient, drop each of its modalities with probability ``p`` but
+    never all of them."""
+    import torch
+
+    if p <= 0 or len(mods) < 2:
+        return {}
+    B = int(b.num_graphs)
+    types = [MODALITY_NODE[m] for m in mods]
+    dev = b["patient"].batch.device if hasattr(b["patient"], "batch") else "cpu"
+    has = torch.stack(
+        [torch.zeros(B, device=dev).index_fill_(0, b[t].batch, 1.0).bool() for t in types], 1
+    )
+    drop = (torch.rand(B, len(types), generator=gen) < p).to(dev) & has
+    drop[(has & ~drop).sum(1) == 0] = False
+    return {t: ~drop[b[t].batch, j] for j, t in enumerate(types)}
+
+
+def fit_fusion_fold(
+    cfg: TrainConfig,
+    fd: FusionData,
+    table: pd.DataFrame,
+    sets: dict[str, list[str]],
+    fold: int,
+    *,
+    fusion: str,
+    modalities: list[str],
+    device: str,
+    bar=None,
+    label: str | None = None,
+) -> FoldResult:
+    """Train one fusion network on ``sets['train']``, pick the epoch on ``sets['val']``, score
+    ``sets['test']`` (also with each modality removed, when there are several)."""
+    import torch
+
+    from wsimm.fusion import FusionEnsemble, FusionNet, FusionSpec, build_graphs
+
+    rows = table.set_index("patient_id")
+    tr, va, te = (rows.loc[sets[s]].reset_index() for s in ("train", "val", "test"))
+    train_ids, val_ids, test_ids = (p["patient_id"].tolist() for p in (tr, va, te))
+    all_ids = train_ids + val_ids + test_ids
+    bins, n_out = _bins(cfg, tr)
+
+    seed = cfg.seed * 1000 + fold
+
+    mods = fd.mods
+    kw = dict(cfg.fusion_kwargs)
+    group_pcs = kw.pop("group_pcs", 8)
+    n_models = int(kw.pop("ensemble", 1))
+    pre = Preprocessor.fit(mods, train_ids, group_pcs=group_pcs)
+    graphs = build_graphs(mods, pre, all_ids, slide_index=fd.slide_index, use=tuple(modalities))
+    g_tr, g_va, g_te = (
+        graphs[: len(tr)],
+        graphs[len(tr) : len(tr) + len(va)],
+        graphs[len(tr) + len(va) :],
+    )
+    norm = None
+    if "slide" in modalities and cfg.normalize:
+        with_slides = [p for p in train_ids if mods.slides.get(p)]
+        norm = FeatureNorm.fit(fd.source, with_slides)  # type: ignore[arg-type]
+    spec = FusionSpec(
+        fusion=fusion,
+        modalities=modalities,
+        n_outputs=n_out,
+        kind_genes=[p.shape[1] for p in pre.proj] if pre.proj else [len(g) for *_, g in pre.kinds],
+        assays=[a for _, a, _ in pre.kinds],
+        n_clinical=len(pre.clinical_columns),
+        n_slots=pre.clinical_slots()[1],
+        slide_dim=fd.source.dim if fd.source is not None else 0,
+        slide_model=cfg.model,
+        slide_model_kwargs=cfg.model_kwargs,
+        **kw,
+    )
+    index = [[pre.genes[a].index(x) for x in genes] for _, a, genes in pre.kinds]
+    all_tab = pd.concat([tr, va, te], ignore_index=True)
+    objective = _Objective(cfg, tr, bins, n_out)
+    tg = objective.targets(all_tab, device)
+    fm = FoldModel(model=None, norm=norm, bins=bins, meta={"task": cfg.task})
+    p_drop = float(spec.modality_dropout)
+    name = label or fusion
+    task_id = (
+        bar.add_task(f"fold {fold} {name}", total=cfg.epochs * n_models, rate="")
+        if bar is not None
+        else None
+    )
+    members, history, best_epochs = [], [], []
+    for member in range(n_models):
+        torch.manual_seed(seed + 7919 * member)
+        net = FusionNet(spec)
+        net.set_gene_index(index, pre.proj)
+        net.to(device)
+        hist = _fit_member(
+            cfg,
+            net,
+            _Net(net, pre, fd, norm, device),
+            fm,
+            objective,
+            tg,
+            (g_tr, g_va),
+            (tr, va),
+            p_drop=p_drop,
+            rng=np.random.default_rng(seed + 7919 * member),
+            gen=torch.Generator().manual_seed(seed + 7919 * member),
+            bar=(bar, task_id),
+        )
+        history += [{"member": member, **r} for r in hist]
+        best_epochs.append(int(pd.DataFrame(hist)["val_loss"].idxmin()))
+        members.append(net)
+    if bar is not None:
+        bar.update(task_id, completed=cfg.epochs * n_models)
+    net = members[0] if n_models == 1 else FusionEnsemble(members)
+    runner = _Net(net, pre, fd, norm, device)
+    fm.model = net
+    bs = cfg.graph_batch_size
+    best = (None, best_epochs[0] if n_models == 1 else float(np.mean(best_epochs)))
+
+    fm.meta = {
+        "task": cfg.task,
+        "fusion": fusion,
+        "modalities": modalities,
+        "spec": asdict(spec),
+        "encoder": fd.source.encoder if fd.source is not None else None,
+        "survival_loss": cfg.survival_loss if cfg.task == "survival" else None,
+        "fold": fold,
+        "best_epoch": best[1],
+        "ensemble": n_models,
+    }
+    if cfg.task == "survival":
+        tr_logits, _ = runner.run(g_tr, batch_size=bs)
+        tr_risk = fm.risk(tr_logits)
+        fm.meta["train_risk_median"] = float(np.median(tr_risk))
+        if bins is None:
+            fm.baseline = breslow(tr_risk, tr["time"].to_numpy(), tr["event"].to_numpy())
+
+    logits, weights = runner.run(g_te, batch_size=bs)
+    metrics = _score(fm, te, logits, tr)
+    key = "c_index" if cfg.task == "survival" else "auc"
+    if len(modalities) > 1:
+        for m in modalities:
+            lg, _ = runner.run(g_te, remove=(m,), batch_size=bs)
+            metrics[f"{key}_without_{m}"] = _score(fm, te, lg, tr)[key]
+    preds = _prediction_rows(fm, te, logits, fold)
+    if any(w is not None for w in weights):
+        for m in modalities:
+            preds[f"weight_{m}"] = [(w or {}).get("modality", {}).get(m, np.nan) for w in weights]
+    res = FoldResult(fold, fm, metrics, preds, pd.DataFrame(history), best[1], train_ids)  # type: ignore[arg-type]
+    res.explanations = {  # type: ignore[attr-defined]
+        pid: _explain(w) for pid, w in zip(test_ids, weights, strict=True) if w is not None
+    }
+    res.preprocess = pre  # type: ignore[attr-defined]
+    return res
+
+
+def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, rng, gen, bar):
+    """Train one network; keep the weights of the epoch with the lowest validation loss."""
+    import torch
+    from torch_geometric.data import Batch
+
+    g_tr, g_va = graphs
+    tr, va = parts
+    device, bs = runner.device, cfg.graph_batch_size
+    bar, task_id = bar
+    # lazy layers take their sizes from a first batch before the optimiser sees them
+    first = Batch.from_data_list(g_tr[: min(bs, len(g_tr))]).to(device)
+    with torch.no_grad():
+        net(first, runner.tiles(first))
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = math.ceil(len(g_tr) / bs)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps))
+    fm.model = net
+    best = (math.inf, -1, None)
+    history = []
+    val_idx = torch.arange(len(tr), len(tr) + len(va), device=device)
+    for epoch in range(cfg.epochs):
+        net.train()
+        perm = rng.permutation(len(g_tr))
+        total, seen = 0.0, 0
+        for i in range(0, len(perm), bs):
+            idx = perm[i : i + bs]
+            if cfg.task == "survival" and cfg.survival_loss == "cox" and len(idx) < 2:
+                continue
+            b = Batch.from_data_list([g_tr[j] for j in idx]).to(device)
+            keep = _keep_masks(b, net.mods, p_drop, gen)
+            out = net(b, runner.tiles(b, max_tiles=cfg.max_tiles, rng=rng), keep=keep)
+            loss = objective(out.logits, tg, b.pidx)
+            if out.aux_loss is not None:
+                loss = loss + net.mil.aux_weight * out.aux_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        vl_logits, _ = runner.run(g_va, batch_size=bs)
+        with torch.no_grad():
+            val_loss = float(objective(torch.as_tensor(vl_logits, device=device), tg, val_idx))
+        row = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss}
+        row.update({f"val_{k}": v for k, v in _score(fm, va, vl_logits, tr, full=False).items()})
+        history.append(row)
+        if not math.isfinite(row["train_loss"]):
+            raise FloatingPointError(f"training loss became {row['train_loss']}")
+        if val_loss < best[0]:
+            best = (val_loss, epoch, copy.deepcopy(net.state_dict()))
+        if bar is not None:
+            bar.update(task_id, advance=1, rate=f"val loss {val_loss:.3f}")
+        if epoch - best[1] >= cfg.patience:
+            if bar is not None:
+                bar.update(task_id, advance=cfg.epochs - epoch - 1)
+            break
+    net.load_state_dict(best[2])
+    return history
+
+
+def _explain(w: dict, top: int = 5) -> dict:
+    out = {"modality_weights": w["modality"]}
+    for m, nodes in w["nodes"].items():
+        ranked = sorted(nodes.items(), key=lambda kv: -kv[1])[:top]
+        out[f"top_{m}"] = [[k, round(v, 5)] for k, v in ranked]
+    return out
+
+
+def _bins(cfg: TrainConfig, tr: pd.DataFrame) -> tuple[TimeBins | None, int]:
+    if cfg.task == "survival":
+        if cfg.survival_loss == "nll":
+            bins = TimeBins.fit(tr["time"].to_numpy(), tr["event"].to_numpy(), cfg.n_bins)
+            return bins, bins.n_bins
+        return None, 1
+    return None, int(tr["y"].max()) + 1 if len(tr) else 2
+
+
+def save_fusion_fold(res: FoldResult, fdir: Path) -> None:
+    res.model.save(fdir)
+    (fdir / "preprocess.json").write_text(json.dumps(res.preprocess.to_dict()))  # type: ignore[attr-defined]
+    (fdir / "explanations.json").write_text(
+        json.dumps(json_clean(res.explanations), indent=1)  # type: ignore[attr-defined]
+    )
+
+
+# -- baselines on the same folds ---------------------------------------------------------------
+
+
+def baseline_plan(cfg: TrainConfig, modalities: list[str]) -> list[tuple[str, dict]]:
+    """The baselines for this run: ``(name, how)`` with ``how`` either ``{"linear": ...}`` or
+    ``{"fusion": ..., "modalities": [...]}``."""
+    lin = "cox" if cfg.task == "survival" else "logreg"
+    plan: list[tuple[str, dict]] = []
+    if "clinical" in modalities:
+        plan.append((f"clinical_{lin}", {"linear": False}))
+        if "omics" in modalities:
+            plan.append((f"clinical_omics_pca_{lin}", {"linear": True}))
+    if "omics" in modalities:
+        plan.append(("omics_net", {"fusion": "concat", "modalities": ["omics"]}))
+    if "slide" in modalities:
+        plan.append(("slide_mil", {"fusion": "concat", "modalities": ["slide"]}))
+    if "clinical" in modalities and len(modalities) > 1:
+        plan.append(("clinical_net", {"fusion": "concat", "modalities": ["clinical"]}))
+    if len(modalities) > 1:
+        for f in ("late", "concat", "kronecker", "graph"):
+            if f != cfg.fusion:
+                plan.append((f"{f}_fusion", {"fusion": f, "modalities": modalities}))
+    if cfg.baselines == "none":
+        return []
+    if cfg.baselines != "auto":
+        want = [b.strip() for b in cfg.baselines.split(",") if b.strip()]
+        names = [n for n, _ in plan]
+        unknown = sorted(set(want) - set(names))
+        if unknown:
+            from wsimm.errors import ConfigError
+
+            raise ConfigError(
+                f"unknown baseline(s) {', '.join(unknown)} for this run; choose from "
+                f"{', '.join(names)}, auto or none"
+            )
+        plan = [p for p in plan if p[0] in want]
+    return plan
+
+
+def fit_linear_fold(
+    cfg: TrainConfig,
+    fd: FusionData,
+    table: pd.DataFrame,
+    sets: dict[str, list[str]],
+    fold: int,
+    *,
+    use_omics: bool,
+) -> FoldResult:
+    """A linear baseline (Cox or logistic) on clinical (+ PCA of omics) for one fold."""
+    from wsimm.fusion import LinearBaseline
+
+    rows = table.set_index("patient_id")
+    tr = rows.loc[sets["train"] + sets["val"]].reset_index()  # no epochs to pick: use both
+    te = rows.loc[sets["test"]].reset_index()
+    pre = Preprocessor.fit(fd.mods, tr["patient_id"].tolist())
+    n_classes = int(table["y"].max()) + 1 if cfg.task == "grade" else 0
+    lb = LinearBaseline(cfg.task, use_omics=use_omics).fit(fd.mods, pre, tr, n_classes)
+    fm = FoldModel(model=None, norm=None, bins=None, meta={"task": cfg.task})
+    if cfg.task == "survival":
+        tr_risk = lb.predict(tr["patient_id"].tolist())
+        fm.baseline = breslow(tr_risk, tr["time"].to_numpy(), tr["event"].to_numpy())
+        fm.meta["train_risk_median"] = float(np.median(tr_risk))
+        logits = lb.predict(te["patient_id"].tolist())[:, None]
+    else:
+        logits = np.log(np.clip(lb.predict(te["patient_id"].tolist()), 1e-12, None))
+    metrics = _score(fm, te, logits, tr)
+    preds = _prediction_rows(fm, te, logits, fold)
+    return FoldResult(fold, fm, metrics, preds, pd.DataFrame(), -1, tr["patient_id"].tolist())
+
+
+def run_baselines(
+    cfg: TrainConfig,
+    fd: FusionData,
+    table: pd.DataFrame,
+    fold_sets: dict[int, dict[str, list[str]]],
+    out: Path,
+    *,
+    device: str,
+    bar=None,
+) -> dict[str, dict]:
+    """Fit every baseline of :func:`baseline_plan` on the run's folds; write
+    ``baselines/<name>/predictions.csv``; return per baseline its folds, mean and std."""
+    from wsimm.train._run import summarise_folds
+
+    results: dict[str, dict] = {}
+    for name, how in baseline_plan(cfg, fd.mods.names):
+        rows, preds, failed = [], [], {}
+        for k, sets in fold_sets.items():
+            try:
+                if "linear" in how:
+                    res = fit_linear_fold(cfg, fd, table, sets, k, use_omics=how["linear"])
+                else:
+                    res = fit_fusion_fold(
+                        cfg,
+                        fd,
+                        table,
+                        sets,
+                        k,
+                        fusion=how["fusion"],
+                        modalities=how["modalities"],
+                        device=device,
+                        bar=bar,
+                        label=name,
+                    )
+            except Exception as e:  # a baseline that breaks is reported, not fatal
+                failed[str(k)] = f"{type(e).__name__}: {e}"
+                continue
+            rows.append({"fold": k, **res.metrics, "best_epoch": res.best_epoch})
+            preds.append(res.predictions)
+        d = out / "baselines" / name
+        d.mkdir(parents=True, exist_ok=True)
+        if preds:
+            pd.concat(preds, ignore_index=True).to_csv(d / "predictions.csv", index=False)
+        mean, std = summarise_folds(cfg.task, rows)
+        results[name] = {"folds": rows, "mean": mean, "std": std, "failed": failed}
+    return results
