@@ -26,14 +26,13 @@ from wsimm.fusion._inputs import (
     read_gene_groups,
     read_omics,
 )
+from wsimm.fusion._model import MODALITY_NODE
 from wsimm.survival import TimeBins
 from wsimm.train._config import TrainConfig
 from wsimm.train._data import BagSource, FeatureNorm
 from wsimm.train._fit import FoldResult, _Objective, _prediction_rows, _score
 from wsimm.train._fold import FoldModel, breslow, json_clean
 from wsimm.train._tables import Examples, _listing
-
-MODALITY_NODE = {"slide": "slide", "omics": "gene_group", "clinical": "clinical"}
 
 
 @dataclass
@@ -102,10 +101,6 @@ def load_fusion_data(cfg: TrainConfig, ex: Examples, source: BagSource | None) -
         )
     slide_ids = [s for p in ex.ids for s in mods.slides.get(p, [])]
     return FusionData(mods, source, slide_ids)
-
-
-def available_modalities(fd: FusionData) -> list[str]:
-    return fd.mods.names
 
 
 # -- one network, one fold ------------------------------------------------------------------------
@@ -308,7 +303,7 @@ def fit_fusion_fold(
     runner = _Net(net, pre, fd, norm, device)
     fm.model = net
     bs = cfg.graph_batch_size
-    best = (None, best_epochs[0] if n_models == 1 else float(np.mean(best_epochs)))
+    best_epoch = best_epochs[0] if n_models == 1 else float(np.mean(best_epochs))
 
     fm.meta = {
         "task": cfg.task,
@@ -318,7 +313,7 @@ def fit_fusion_fold(
         "encoder": fd.source.encoder if fd.source is not None else None,
         "survival_loss": cfg.survival_loss if cfg.task == "survival" else None,
         "fold": fold,
-        "best_epoch": best[1],
+        "best_epoch": best_epoch,
         "ensemble": n_models,
     }
     if cfg.task == "survival":
@@ -339,7 +334,7 @@ def fit_fusion_fold(
     if any(w is not None for w in weights):
         for m in modalities:
             preds[f"weight_{m}"] = [(w or {}).get("modality", {}).get(m, np.nan) for w in weights]
-    res = FoldResult(fold, fm, metrics, preds, pd.DataFrame(history), best[1], train_ids)  # type: ignore[arg-type]
+    res = FoldResult(fold, fm, metrics, preds, pd.DataFrame(history), best_epoch, train_ids)  # type: ignore[arg-type]
     res.explanations = {  # type: ignore[attr-defined]
         pid: _explain(w) for pid, w in zip(test_ids, weights, strict=True) if w is not None
     }
