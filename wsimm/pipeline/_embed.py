@@ -27,29 +27,6 @@ from wsimm.pipeline._tile import (
 __all__ = ["embed_store"]
 
 
-def _grid_from_store(fs: Any, sid: str) -> Any:
-    from wsimm.tiling import TileGrid, TileSpec
-
-    a = fs.slide_attrs(sid)
-    p = a.get("params", {})
-    spec = TileSpec(
-        mpp=float(a["target_mpp"]),
-        tile_px=int(a["tile_px"]),
-        overlap=float(p.get("overlap", 0.0)),
-        min_tissue=float(a.get("min_tissue", 0.0)),
-    )
-    return TileGrid(
-        coords=fs.coords(sid),
-        tissue_fraction=fs.tissue_fraction(sid),
-        size0=float(a["tile_size0"]),
-        stride0=float(a["stride0"]),
-        level=int(a["read_level"]),
-        level_downsample=float(a["read_downsample"]),
-        slide_mpp=float(a["mpp"]),
-        spec=spec,
-    )
-
-
 def embed_store(
     store: str | os.PathLike[str],
     encoder: str,
@@ -135,6 +112,8 @@ def embed_store(
 
 
 def _run_embed(jobs, fs, report, workers, scheduler, quiet, as_completed, progress) -> None:
+    from wsimm.tiling import grid_from_store
+
     client, cluster = _client(workers, scheduler)
     futs: dict[Any, tuple[str, str, int]] = {}
     ac = as_completed([])
@@ -144,7 +123,7 @@ def _run_embed(jobs, fs, report, workers, scheduler, quiet, as_completed, progre
     failed: set[str] = set()
     try:
         with progress(quiet=quiet) as bar:
-            grids = {sid: _grid_from_store(fs, sid) for sid in jobs}
+            grids = {sid: grid_from_store(fs, sid) for sid in jobs}
             total = sum(len(g.coords) for g in grids.values())
             t_tiles = bar.add_task("tiles", total=total, rate="")
             started = time.perf_counter()

@@ -156,24 +156,6 @@ def _encoder(name: str, weights: str | None, device: str) -> Any:
     return _ENCODERS[key]
 
 
-def _read_batches(slide: Any, grid: Any, coords: np.ndarray, bs: int):
-    """Yield ``(B, tile_px, tile_px, 3)`` uint8 batches of ``coords`` (fresh arrays)."""
-    from wsimm.tiling import open_tile_reader, read_tile
-
-    t = grid.spec.tile_px
-    reader = open_tile_reader(slide, grid.level)
-    try:
-        for b0 in range(0, len(coords), bs):
-            part = coords[b0 : b0 + bs]
-            batch = np.empty((len(part), t, t, 3), np.uint8)
-            for i, xy in enumerate(part):
-                batch[i] = read_tile(slide, grid, (int(xy[0]), int(xy[1])), reader=reader)
-            yield batch
-    finally:
-        if reader is not None:
-            reader.close()
-
-
 def _prefetch(it: Any, depth: int = 2) -> Any:
     """Run a generator in a background thread, ``depth`` items ahead: tile decoding (which
     releases the GIL) overlaps the encoder's forward pass."""
@@ -238,12 +220,13 @@ def _chunk_task(job: dict[str, Any], grid: Any, start: int, stop: int) -> int:
     """
     from wsimm.slide import open_slide_cached
     from wsimm.store import open_store
+    from wsimm.tiling import read_tiles
 
     s = open_slide_cached(job["path"], mpp=job["slide_mpp"])
     enc = _encoder(job["encoder"], job["weights"], job["device"])
     coords = grid.coords[start:stop]
     out = np.empty((len(coords), enc.cfg.embed_dim), np.float32)
-    batches = _read_batches(s, grid, coords, job["batch_size"])
+    batches = read_tiles(s, grid, coords, job["batch_size"])
     if getattr(enc, "model", None) is not None:
         batches = _prefetch(batches)
     stain = job.get("stain")

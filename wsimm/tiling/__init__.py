@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from wsimm.tiling._grid import TileGrid, TileSpec, plan_grid, read_tile, tissue_fractions
+from wsimm.tiling._grid import (
+    TileGrid,
+    TileSpec,
+    grid_from_store,
+    plan_grid,
+    read_tile,
+    read_tiles,
+    tissue_fractions,
+)
 from wsimm.tiling._reader import TiffTileReader, open_tile_reader
 
 __all__ = [
     "TiffTileReader",
     "TileGrid",
     "TileSpec",
+    "grid_from_store",
     "open_tile_reader",
     "plan_grid",
     "read_tile",
+    "read_tiles",
     "tissue_fractions",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,7 +20,15 @@ import numpy as np
 
 from wsimm.errors import ConfigError
 
-__all__ = ["TileGrid", "TileSpec", "plan_grid", "read_tile", "tissue_fractions"]
+__all__ = [
+    "TileGrid",
+    "TileSpec",
+    "grid_from_store",
+    "plan_grid",
+    "read_tile",
+    "read_tiles",
+    "tissue_fractions",
+]
 
 
 @dataclass(frozen=True)
@@ -214,6 +223,52 @@ def read_tile(slide: Any, grid: TileGrid, xy: tuple[int, int], *, reader: Any = 
     img = Image.fromarray(region)
     resample = Image.Resampling.BILINEAR if extent < t else Image.Resampling.BOX
     return np.asarray(img.resize((t, t), resample, box=(0.0, 0.0, extent, extent)))
+
+
+def read_tiles(
+    slide: Any, grid: TileGrid, coords: np.ndarray | None = None, batch_size: int = 64
+) -> Iterator[np.ndarray]:
+    """Yield ``(B, tile_px, tile_px, 3)`` uint8 batches of the tiles at ``coords`` (default:
+    every tile of the grid), each a fresh array, through one TIFF tile reader when the slide
+    has one."""
+    from wsimm.tiling._reader import open_tile_reader
+
+    coords = grid.coords if coords is None else coords
+    t = grid.spec.tile_px
+    reader = open_tile_reader(slide, grid.level)
+    try:
+        for b0 in range(0, len(coords), batch_size):
+            part = coords[b0 : b0 + batch_size]
+            batch = np.empty((len(part), t, t, 3), np.uint8)
+            for i, xy in enumerate(part):
+                batch[i] = read_tile(slide, grid, (int(xy[0]), int(xy[1])), reader=reader)
+            yield batch
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def grid_from_store(fs: Any, slide_id: str) -> TileGrid:
+    """The :class:`TileGrid` a complete slide of a feature store was tiled with (its
+    coordinates, level, read size and spec), so its tiles can be read again exactly."""
+    a = fs.slide_attrs(slide_id)
+    p = a.get("params", {})
+    spec = TileSpec(
+        mpp=float(a["target_mpp"]),
+        tile_px=int(a["tile_px"]),
+        overlap=float(p.get("overlap", 0.0)),
+        min_tissue=float(a.get("min_tissue", 0.0)),
+    )
+    return TileGrid(
+        coords=fs.coords(slide_id),
+        tissue_fraction=fs.tissue_fraction(slide_id),
+        size0=float(a["tile_size0"]),
+        stride0=float(a["stride0"]),
+        level=int(a["read_level"]),
+        level_downsample=float(a["read_downsample"]),
+        slide_mpp=float(a["mpp"]),
+        spec=spec,
+    )
 
 
 @functools.cache
