@@ -448,6 +448,100 @@ def predict(
 
 @app.command()
 @handle_errors
+def heatmap(
+    run: Annotated[Path, typer.Option("--run", help="Run directory from wsimm train.")],
+    store: Annotated[Path, typer.Option("--store", help="Feature store (.zarr).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the heatmap files.")],
+    slide: Annotated[
+        list[str] | None,
+        typer.Option("--slide", help="Slide id (repeat); default every slide of the store."),
+    ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="Comma-separated: png,tiff,geojson,gallery (or all)."),
+    ] = "all",
+    fold: Annotated[
+        str,
+        typer.Option(
+            "--fold",
+            help="auto (the fold that held the slide out, else all folds), all, or a fold.",
+        ),
+    ] = "auto",
+    score: Annotated[
+        str | None,
+        typer.Option(
+            "--score",
+            help="attention, attention_<class>, contribution (default: attention of the "
+            "predicted class; risk contribution for survival).",
+        ),
+    ] = None,
+    scale: Annotated[
+        str, typer.Option("--scale", help="auto, percentile, signed or raw.")
+    ] = "auto",
+    overlap: Annotated[
+        float,
+        typer.Option(
+            "--overlap",
+            help="Re-tile with this overlap (0-1) and score the denser tiles (needs the slide "
+            "file and the encoder).",
+        ),
+    ] = 0.0,
+    smooth: Annotated[
+        float, typer.Option("--smooth", help="Gaussian smoothing over the tile grid, in tiles.")
+    ] = 0.0,
+    cmap: Annotated[
+        str | None, typer.Option("--cmap", help="Matplotlib colour map (turbo / RdBu_r).")
+    ] = None,
+    alpha: Annotated[float, typer.Option("--alpha", help="PNG overlay opacity, 0-1.")] = 0.5,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Tiles in the gallery.")] = 8,
+    tiff_downsample: Annotated[
+        float | None,
+        typer.Option("--tiff-downsample", help="Level-0 px per TIFF px (default: auto)."),
+    ] = None,
+    slides_dir: Annotated[
+        Path | None,
+        typer.Option("--slides-dir", help="Folder to find slide files that moved since tiling."),
+    ] = None,
+    weights: Weights = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Attention / risk heatmaps per slide: PNG overlay, pyramidal TIFF, QuPath GeoJSON,
+    top/bottom tile gallery."""
+    from wsimm.heatmap import make_heatmaps
+
+    one_line_warnings()
+    rep = make_heatmaps(
+        run,
+        store,
+        out,
+        slides=slide,
+        formats=fmt,
+        fold=fold,
+        overlap=overlap,
+        device=device,
+        weights=weights,
+        slides_dir=slides_dir,
+        quiet=quiet,
+        score=score,
+        scale=scale,
+        smooth=smooth,
+        cmap=cmap,
+        alpha=alpha,
+        top_k=top_k,
+        tiff_downsample=tiff_downsample,
+    )
+    done = [r for r in rep.results if r["status"] == "done"]
+    if not quiet:
+        typer.echo(f"{len(done)} of {len(rep.results)} slides drawn into {rep.out}")
+    for r in rep.failed:
+        typer.echo(f"error: {r['slide_id']}: {r['error']}", err=True)
+    if rep.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for everything the demo makes.")] = (
         Path("wsimm-demo")

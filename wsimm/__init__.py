@@ -41,7 +41,17 @@ _LAZY_IMPORTS: dict[str, str] = {
 }
 
 #: subpackages reachable as attributes (``wsimm.slide``)
-_SUBMODULES = ("errors", "fusion", "mil", "slide", "store", "survival", "testing", "train")
+_SUBMODULES = (
+    "errors",
+    "fusion",
+    "heatmap",
+    "mil",
+    "slide",
+    "store",
+    "survival",
+    "testing",
+    "train",
+)
 
 __all__ = ["__version__", *sorted(_LAZY_IMPORTS), *_SUBMODULES]
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wsimm.errors import ConfigError
+from wsimm.errors import ConfigError, DataError
 from wsimm.pipeline._tile import (
     SlideResult,
     TileReport,
@@ -21,7 +21,7 @@ from wsimm.pipeline._tile import (
     _encoder,
     _submit_chunks,
     default_workers,
-    fingerprint,
+    locate_source,
 )
 
 __all__ = ["embed_store"]
@@ -83,15 +83,10 @@ def embed_store(
                         f"{fs.path}: slide {sid!r} already has {encoder} features from other "
                         "weights; pass --overwrite to replace them")))  # fmt: skip
                     continue
-            if not os.path.exists(path):
-                report.results.append(SlideResult(sid, path, "failed", error=(
-                    f"{path}: source slide of {sid!r} not found; pass --slides-dir DIR "
-                    "where the slide files are now")))  # fmt: skip
-                continue
-            if a.get("fingerprint") and fingerprint(path) != a["fingerprint"]:
-                report.results.append(SlideResult(sid, path, "failed", error=(
-                    f"{path}: file changed since {sid!r} was tiled; re-tile it with wsimm "
-                    "tile --overwrite")))  # fmt: skip
+            try:
+                locate_source(a, sid, slides_dir)
+            except DataError as e:
+                report.results.append(SlideResult(sid, path, "failed", error=str(e)))
                 continue
             jobs[sid] = {
                 "slide_id": sid,

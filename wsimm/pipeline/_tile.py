@@ -24,7 +24,7 @@ import numpy as np
 
 from wsimm._progress import progress
 from wsimm._version import __version__
-from wsimm.errors import ConfigError, StoreError, WsimmError
+from wsimm.errors import ConfigError, DataError, StoreError, WsimmError
 from wsimm.tiling import TileSpec
 from wsimm.tissue import TissueParams, resolve_tissue_params
 
@@ -73,6 +73,26 @@ def fingerprint(path: str) -> str:
             f.seek(-(1 << 20), os.SEEK_END)
             h.update(f.read(1 << 20))
     return f"{size}:{h.hexdigest()[:16]}"
+
+
+def locate_source(
+    attrs: dict[str, Any], slide_id: str, slides_dir: str | os.PathLike[str] | None = None
+) -> str:
+    """The slide file a store entry was tiled from (looked up by name in ``slides_dir`` when
+    the files moved), refused when it is missing or its fingerprint changed since tiling."""
+    src = str(attrs.get("source") or "")
+    path = str(Path(slides_dir) / Path(src).name) if slides_dir else src
+    if not path or not os.path.exists(path):
+        raise DataError(
+            f"{path or slide_id}: source slide of {slide_id!r} not found; pass --slides-dir "
+            "DIR where the slide files are now"
+        )
+    if attrs.get("fingerprint") and fingerprint(path) != attrs["fingerprint"]:
+        raise DataError(
+            f"{path}: file changed since {slide_id!r} was tiled; re-tile it with wsimm tile "
+            "--overwrite"
+        )
+    return path
 
 
 # ---------------------------------------------------------------------------------------

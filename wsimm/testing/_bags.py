@@ -153,7 +153,16 @@ def bags_to_store(
                 tissue_fraction=np.ones(n, np.float16),
                 tissue_mask=np.ones((max(1, side), max(1, side)), np.uint8),
                 mask_downsample=float(tile_px),
-                attrs={"source": "synthetic bags", "tile_px": tile_px, "stride_px": tile_px},
+                attrs={
+                    "source": "synthetic bags",
+                    "tile_px": tile_px,
+                    "stride_px": tile_px,
+                    "target_mpp": 0.5,
+                    "mpp": 0.5,
+                    "tile_size0": float(tile_px),
+                    "stride0": float(tile_px),
+                    "level0_dims": [side * tile_px, side * tile_px],
+                },
             )
             fs.begin_features(
                 sid, encoder, n=n, dim=x.shape[1], attrs={"encoder": encoder, "synthetic": True}

@@ -36,6 +36,11 @@ def load_run(run_dir: str | os.PathLike[str], device: str = "cpu") -> Run:
             f"{d}: not a wsimm run directory (no config.yaml); pass the --out of wsimm train"
         )
     cfg = TrainConfig.load(d / "config.yaml")
+    if cfg.fusion != "none":
+        raise ConfigError(
+            f"{d}: a --fusion {cfg.fusion} run; wsimm predict and wsimm heatmap take slide-only "
+            "runs: train one on the same store without --fusion"
+        )
     fold_dirs = sorted(d.glob("fold_*/model.safetensors"), key=lambda p: int(p.parent.name[5:]))
     if not fold_dirs:
         raise ConfigError(f"{d}: the run has no trained folds")

@@ -1,0 +1,298 @@
+"""Heatmaps (issue 7): scores that find the tumour, and files that viewers open.
+
+The acceptance cohort: 24 synthetic slides, half with tumour (30% of the tissue) and half
+without, tiled with the ``test_tiny`` encoder; ABMIL learns tumour vs normal with 3 patient-level
+folds, and each tumour slide's heatmap comes from the fold that held it out. The per-tile
+attention must separate tumour tiles (>= half the tile on the tumour mask) from the others with
+AUC >= 0.9.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+from sklearn.metrics import roc_auc_score
+
+from wsimm.errors import ConfigError, DataError
+from wsimm.heatmap import (
+    ScoreField,
+    export,
+    make_heatmaps,
+    parse_formats,
+    render,
+    smooth_scores,
+    tile_scores,
+)
+from wsimm.store import open_store
+from wsimm.testing import bags_to_store, make_mil_cohort, write_synthetic_slide
+from wsimm.tiling import TileSpec, tissue_fractions
+from wsimm.train import train
+
+
+@pytest.fixture(scope="module")
+def tumour_run(tmp_path_factory):
+    from wsimm.pipeline import tile_slides
+
+    d = tmp_path_factory.mktemp("heatmap")
+    truth, rows = {}, []
+    for i in range(24):
+        sid = f"S{i:02d}"
+        truth[sid] = write_synthetic_slide(
+            d / "slides" / f"{sid}.svs",
+            width=2048,
+            height=1536,
+            seed=100 + i,
+            mpp=0.5,
+            tumour_fraction=0.3 if i % 2 == 0 else 0.0,
+        )
+        rows.append((f"P{i:02d}", sid, "tumour" if i % 2 == 0 else "normal"))
+    pd.DataFrame(rows, columns=["patient_id", "slide_id", "label"]).to_csv(
+        d / "labels.csv", index=False
+    )
+    rep = tile_slides([d / "slides"], d / "s.zarr", spec=TileSpec(mpp=0.5, tile_px=64), quiet=True)
+    assert not rep.failed
+    res = train(store=str(d / "s.zarr"), labels=str(d / "labels.csv"), task="grade",
+                label_col="label", out=str(d / "run"), model="abmil", folds=3, epochs=20,
+                quiet=True, seed=0)  # fmt: skip
+    assert not res.failed
+    return d, truth
+
+
+def test_attention_heatmap_finds_the_tumour(tumour_run):
+    d, truth = tumour_run
+    rep = make_heatmaps(d / "run", d / "s.zarr", d / "hm", formats="geojson", quiet=True)
+    assert not rep.failed and len(rep.results) == 24
+    splits = pd.read_csv(d / "run" / "splits.csv")
+    fs = open_store(d / "s.zarr")
+    aucs, pct, labels = [], [], []
+    for r in rep.results:
+        sid = r["slide_id"]
+        pid = f"P{sid[1:]}"
+        # out-of-fold: the fold whose test set holds the patient drew the heatmap
+        test_fold = splits.loc[(splits.patient_id == pid) & (splits.set == "test"), "fold"]
+        assert r["folds"] == [int(test_fold.iloc[0])]
+        s = truth[sid]
+        if not s.tumour.any():
+            continue
+        tiles = pd.read_csv(d / "hm" / f"{sid}_tiles.csv")
+        size0 = float(fs.slide_attrs(sid)["tile_size0"])
+        frac = tissue_fractions(s.tumour, s.mask_downsample, tiles[["x", "y"]].to_numpy(), size0)
+        y = frac >= 0.5
+        assert 0.1 < y.mean() < 0.6
+        aucs.append(roc_auc_score(y, tiles["attention"]))
+        pct += tiles["attention_percentile"].tolist()
+        labels += y.tolist()
+    assert len(aucs) == 12
+    assert min(aucs) >= 0.85, aucs
+    assert np.mean(aucs) >= 0.9, aucs
+    assert roc_auc_score(labels, pct) >= 0.9
+
+
+def test_geojson_is_a_qupath_feature_collection_on_the_tiles(tumour_run):
+    d, _ = tumour_run
+    ts = tile_scores(d / "run", d / "s.zarr", "S00")
+    files = export(ts, d / "one", "geojson", top_k=5)
+    doc = json.loads(files["geojson"].read_text())
+    assert doc["type"] == "FeatureCollection"
+    feats = doc["features"]
+    assert len(feats) == len(ts)
+    ids = set()
+    classes = {"wsimm top": [], "wsimm bottom": []}
+    for i, f in enumerate(feats):
+        assert f["type"] == "Feature"
+        ids.add(f["id"])
+        p = f["properties"]
+        assert p["objectType"] == "detection"
+        assert set(p["measurements"]) == {"attention", "attention percentile"}
+        assert p["measurements"]["attention"] == pytest.approx(float(ts.scores["attention"][i]))
+        g = f["geometry"]
+        assert g["type"] == "Polygon"
+        ring = np.asarray(g["coordinates"][0])
+        assert ring.shape == (5, 2) and np.array_equal(ring[0], ring[-1])
+        # the polygon is the tile, in level-0 pixels
+        assert np.allclose(ring.min(0), ts.coords[i], atol=0.01)
+        assert np.allclose(ring.max(0) - ring.min(0), ts.tile_size0, atol=0.01)
+        if "classification" in p:
+            classes[p["classification"]["name"]].append(p["measurements"]["attention percentile"])
+    assert len(ids) == len(feats)
+    assert len(classes["wsimm top"]) == 5 and len(classes["wsimm bottom"]) == 5
+    assert min(classes["wsimm top"]) > max(classes["wsimm bottom"])
+
+
+def test_overlay_tiff_opens_in_openslide_and_tiffslide(tumour_run):
+    openslide = pytest.importorskip("openslide")
+    import tiffslide
+
+    d, _ = tumour_run
+    ts = tile_scores(d / "run", d / "s.zarr", "S02")
+    files = export(ts, d / "tiff", "tiff", tiff_downsample=4)
+    w0, h0 = ts.dims
+    for o in (openslide.OpenSlide(str(files["tiff"])), tiffslide.TiffSlide(str(files["tiff"]))):
+        dims = o.level_dimensions
+        assert dims[0] == (math.ceil(w0 / 4), math.ceil(h0 / 4))
+        assert abs(dims[0][0] / dims[0][1] - w0 / h0) < 0.01  # proportional to the slide
+        assert len(dims) >= 2
+        mpp_key = "openslide.mpp-x" if "openslide.mpp-x" in o.properties else "tiffslide.mpp-x"
+        assert float(o.properties[mpp_key]) == pytest.approx(ts.mpp * 4, rel=1e-3)
+        img = np.asarray(o.read_region((0, 0), 0, dims[0]))
+        assert img.shape[2] == 4
+        # transparent off tissue, opaque over the scored tiles
+        assert img[0, 0, 3] == 0
+        x, y = (ts.coords[np.argmax(ts.scores["attention"])] + ts.tile_size0 / 2) / 4
+        top = img[int(y), int(x)]
+        x, y = (ts.coords[np.argmin(ts.scores["attention"])] + ts.tile_size0 / 2) / 4
+        bottom = img[int(y), int(x)]
+        assert top[3] == 255 and bottom[3] == 255
+        assert top[0] > bottom[0] and bottom[2] > top[2]  # turbo: red on top, blue at bottom
+        o.close()
+
+
+def test_png_and_gallery(tumour_run):
+    from PIL import Image
+
+    d, _ = tumour_run
+    ts = tile_scores(d / "run", d / "s.zarr", "S04")
+    files = export(ts, d / "png", "png,gallery", top_k=4, max_px=512)
+    with Image.open(files["png"]) as png:
+        assert png.format == "PNG" and png.width > 512 and png.height > 300
+    with Image.open(files["gallery"]) as gal:
+        assert gal.width >= 4 * 160 and gal.height > 2 * 160
+    rgba = render(ts, max_px=512)
+    assert rgba.shape == (384, 512, 4)
+    assert 0 < (rgba[..., 3] > 0).mean() < 1
+
+
+def test_dense_overlap_rescores_more_tiles(tumour_run):
+    d, _ = tumour_run
+    base = tile_scores(d / "run", d / "s.zarr", "S06")
+    dense = tile_scores(d / "run", d / "s.zarr", "S06", overlap=0.5)
+    assert dense.stride0 == pytest.approx(base.stride0 / 2)
+    assert 2.5 * len(base) < len(dense) < 4.5 * len(base)
+    # the dense grid contains the stored grid; the same tiles get about the same attention rank
+    key = {tuple(c): i for i, c in enumerate(dense.coords.tolist())}
+    shared = [(i, key[tuple(c)]) for i, c in enumerate(base.coords.tolist()) if tuple(c) in key]
+    assert len(shared) > 0.9 * len(base)
+    a = base.percentile()[[i for i, _ in shared]]
+    b = dense.percentile()[[j for _, j in shared]]
+    assert np.corrcoef(a, b)[0, 1] > 0.9
+
+
+def test_moved_slide_file_is_a_clear_error(tumour_run, tmp_path):
+    d, _ = tumour_run
+    ts = tile_scores(d / "run", d / "s.zarr", "S08")
+    ts.source = str(tmp_path / "gone" / "S08.svs")
+    with pytest.raises(DataError, match="--slides-dir"):
+        export(ts, tmp_path / "out", "png")
+    assert not list((tmp_path / "out").glob("*.png"))
+    files = export(ts, tmp_path / "out", "png", slides_dir=d / "slides", max_px=256)
+    assert files["png"].is_file()
+
+
+def test_cli_heatmap(tumour_run):
+    from typer.testing import CliRunner
+
+    from wsimm_cli.main import app
+
+    d, _ = tumour_run
+    r = CliRunner().invoke(app, ["heatmap", "--run", str(d / "run"), "--store", str(d / "s.zarr"),
+                                 "--out", str(d / "cli"), "--slide", "S10", "--slide", "S11",
+                                 "--format", "tiff,geojson", "--quiet"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert {p.name for p in (d / "cli").iterdir()} == {
+        "S10.tiff", "S10.geojson", "S10_tiles.csv", "S11.tiff", "S11.geojson", "S11_tiles.csv",
+        "heatmaps.json",
+    }  # fmt: skip
+    r = CliRunner().invoke(app, ["heatmap", "--run", str(d / "run"), "--store", str(d / "s.zarr"),
+                                 "--out", str(d / "cli"), "--format", "pdf"])  # fmt: skip
+    assert r.exit_code == 1 and "error: --format pdf" in r.output
+    r = CliRunner().invoke(app, ["heatmap", "--run", str(d / "nope"), "--store", str(d / "s.zarr"),
+                                 "--out", str(d / "cli")])  # fmt: skip
+    assert r.exit_code == 1 and "not a wsimm run directory" in r.output
+
+
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cox_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hm_cox")
+    c = make_mil_cohort(40, task="survival", seed=3, feature_dim=16, tiles_per_slide=(30, 60))
+    bags_to_store(c.bags, d / "s.zarr")
+    c.labels.to_csv(d / "labels.csv", index=False)
+    train(store=str(d / "s.zarr"), labels=str(d / "labels.csv"), task="survival",
+          out=str(d / "run"), model="abmil", survival_loss="cox", folds=2, epochs=3,
+          quiet=True)  # fmt: skip
+    return d, c
+
+
+def test_risk_contributions_add_up_to_the_cox_risk(cox_run):
+    from wsimm.train import load_run
+
+    d, c = cox_run
+    run = load_run(d / "run")
+    sid = sorted(c.bags)[0]
+    ts = tile_scores(run, d / "s.zarr", sid, fold="all")
+    assert ts.primary == "contribution" and set(ts.scores) == {"attention", "contribution"}
+    bias = np.mean([float(fm.model.head.bias.detach()[0]) for fm in run.folds])
+    assert float(ts.scores["contribution"].sum()) + bias == pytest.approx(
+        ts.prediction["risk"], abs=1e-3
+    )
+    one = tile_scores(run, d / "s.zarr", sid, fold=1)
+    assert one.folds == [1]
+    with pytest.raises(ConfigError, match="no fold 7"):
+        tile_scores(run, d / "s.zarr", sid, fold=7)
+    # bags have no slide file: viewer files that need no pixels still come out
+    files = export(ts, d / "out", "tiff,geojson")
+    assert files["tiff"].is_file() and files["geojson"].is_file()
+    with pytest.raises(DataError, match="source slide of"):
+        export(ts, d / "out", "gallery")
+
+
+def test_fusion_runs_are_refused_with_a_clear_error(cox_run, tmp_path):
+    import shutil
+
+    d, _ = cox_run
+    shutil.copytree(d / "run", tmp_path / "run")
+    cfg = (tmp_path / "run" / "config.yaml").read_text()
+    (tmp_path / "run" / "config.yaml").write_text(cfg.replace("fusion: none", "fusion: graph"))
+    with pytest.raises(ConfigError, match="without --fusion"):
+        tile_scores(tmp_path / "run", d / "s.zarr", "x")
+
+
+# ------------------------------------------------------------------------------------------
+def test_score_field_averages_overlaps_and_clips_to_tissue():
+    coords = np.array([[0, 0], [4, 0]])
+    f = ScoreField(coords, 8, np.array([1.0, 3.0]))
+    r = f.region(0, 0, 16, 2, 1.0)
+    assert np.allclose(r[0, :4], 1.0) and np.allclose(r[0, 4:8], 2.0)
+    assert np.allclose(r[0, 8:12], 3.0) and np.isnan(r[0, 12:]).all()
+    # at a coarse scale each tile lands on the pixel under its centre
+    r = f.region(0, 0, 2, 1, 16.0)
+    assert r[0, 0] == pytest.approx(2.0) and np.isnan(r[0, 1])
+    tissue = np.zeros((1, 2), bool)
+    tissue[0, 0] = True  # mask pixels are 8 level-0 px: only x < 8 is tissue
+    f = ScoreField(coords, 8, np.array([1.0, 3.0]), tissue=tissue, tissue_downsample=8)
+    r = f.region(0, 0, 16, 1, 1.0)
+    assert np.isfinite(r[0, :8]).all() and np.isnan(r[0, 8:]).all()
+
+
+def test_smoothing_keeps_constant_fields_and_blurs_spikes():
+    g = np.stack(np.meshgrid(np.arange(10), np.arange(10)), -1).reshape(-1, 2) * 32
+    assert np.allclose(smooth_scores(g, 32, np.full(100, 0.7), 1.5), 0.7)
+    v = np.zeros(100)
+    v[55] = 1
+    s = smooth_scores(g, 32, v, 1.0)
+    assert s[55] < 1 and s[54] > 0 and s.sum() == pytest.approx(1.0, rel=0.05)
+
+
+def test_formats_are_checked():
+    assert parse_formats(None) == ("png", "tiff", "geojson", "gallery")
+    assert parse_formats("tiff, png") == ("tiff", "png")
+    with pytest.raises(ConfigError):
+        parse_formats("png,svg")

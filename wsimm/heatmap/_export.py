@@ -1,0 +1,467 @@
+"""Heatmap files a pathologist opens in their own viewer.
+
+Per slide, in the output folder:
+
+- ``<slide>.png``: the heatmap over the slide thumbnail, with colour bar, scale bar and title;
+- ``<slide>.tiff``: a pyramidal RGBA TIFF of the heatmap over the slide's full extent with its
+  µm/px in the resolution tags (openslide, tiffslide and QuPath open it);
+- ``<slide>.geojson``: one QuPath detection per tile (level-0 polygon), the scores as
+  ``measurements``, the top and bottom tiles classified;
+- ``<slide>_gallery.png``: the top-k and bottom-k tiles with their scores;
+- ``<slide>_tiles.csv``: every tile's coordinates and scores.
+
+Every file is written under a temporary name and renamed, so a failed slide leaves no partial
+file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsimm.errors import ConfigError, WsimmError
+from wsimm.heatmap._render import ScoreField, colorize, smooth_scores, write_overlay_tiff
+from wsimm.heatmap._scores import TileScores, tile_scores
+
+__all__ = [
+    "FORMATS",
+    "HeatmapReport",
+    "export",
+    "make_heatmaps",
+    "parse_formats",
+    "render",
+]
+
+FORMATS = ("png", "tiff", "geojson", "gallery")
+_TOP = {"name": "wsimm top", "color": [214, 39, 40]}
+_BOTTOM = {"name": "wsimm bottom", "color": [31, 119, 180]}
+
+
+def parse_formats(spec: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"png,tiff"`` -> ``("png", "tiff")``; ``None`` or ``"all"`` -> every format."""
+    if spec is None:
+        return FORMATS
+    items = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    items = [s for s in items if s]
+    if items == ["all"]:
+        return FORMATS
+    bad = [s for s in items if s not in FORMATS]
+    if bad or not items:
+        raise ConfigError(f"--format {','.join(items)}: choose from {','.join(FORMATS)} (or all)")
+    return tuple(dict.fromkeys(items))
+
+
+def _atomic(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial")
+
+
+@dataclass
+class _View:
+    """What to draw: the score's values mapped for display, its range and colour map."""
+
+    name: str
+    values: np.ndarray
+    vmin: float
+    vmax: float
+    cmap: str
+    label: str
+
+
+def _view(ts: TileScores, score: str | None, scale: str, smooth: float, cmap: str | None) -> _View:
+    name = score or ts.primary
+    if name not in ts.scores:
+        raise ConfigError(
+            f"no score {name!r} for {ts.slide_id}; choose from {', '.join(ts.scores)}"
+        )
+    v = smooth_scores(ts.coords, ts.stride0, ts.scores[name], smooth)
+    if scale == "auto":
+        scale = "signed" if name == "contribution" else "percentile"
+    if scale == "percentile":
+        from scipy.stats import rankdata
+
+        pct = rankdata(v, method="average") / max(len(v), 1)
+        return _View(name, pct, 0.0, 1.0, cmap or "turbo", f"{name} (percentile within slide)")
+    if scale == "signed":
+        m = float(np.quantile(np.abs(v), 0.99)) if len(v) else 1.0
+        m = m if m > 0 else 1.0
+        return _View(name, v, -m, m, cmap or "RdBu_r", f"{name} (red raises, blue lowers)")
+    if scale == "raw":
+        lo, hi = np.quantile(v, [0.01, 0.99]) if len(v) else (0.0, 1.0)
+        return _View(name, v, float(lo), float(hi) if hi > lo else float(lo) + 1.0,
+                     cmap or "turbo", name)  # fmt: skip
+    raise ConfigError(f"--scale must be auto, percentile, signed or raw, got {scale!r}")
+
+
+def _field(ts: TileScores, view: _View) -> ScoreField:
+    return ScoreField(
+        ts.coords,
+        ts.tile_size0,
+        view.values,
+        tissue=ts.tissue_mask,
+        tissue_downsample=ts.mask_downsample,
+    )
+
+
+def auto_tiff_downsample(ts: TileScores) -> float:
+    """A power of two that gives each tile about 16 output pixels (at least 1)."""
+    return float(2 ** max(0, math.floor(math.log2(max(ts.tile_size0 / 16, 1.0)))))
+
+
+def render(
+    ts: TileScores,
+    *,
+    downsample: float | None = None,
+    max_px: int = 2048,
+    score: str | None = None,
+    scale: str = "auto",
+    smooth: float = 0.0,
+    cmap: str | None = None,
+) -> np.ndarray:
+    """The heatmap of the whole slide as an ``(h, w, 4)`` RGBA array (transparent off
+    tissue), at ``downsample`` level-0 pixels per pixel or, by default, with its long side
+    ``max_px``. For images too big for memory, :func:`export` writes the pyramidal TIFF tile
+    by tile."""
+    view = _view(ts, score, scale, smooth, cmap)
+    ds = float(downsample or max(ts.dims) / max_px)
+    w, h = math.ceil(ts.dims[0] / ds), math.ceil(ts.dims[1] / ds)
+    values = _field(ts, view).region(0, 0, w, h, ds)
+    return colorize(values, vmin=view.vmin, vmax=view.vmax, cmap=view.cmap)
+
+
+# ------------------------------------------------------------------------------------------
+def write_png(
+    ts: TileScores,
+    view: _View,
+    path: Path,
+    slide: Any,
+    *,
+    alpha: float = 0.5,
+    max_px: int = 2048,
+) -> Path:
+    """Heatmap blended over the slide thumbnail, with colour bar, scale bar and title."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    thumb = np.asarray(slide.get_thumbnail((max_px, max_px)))[..., :3]
+    th, tw = thumb.shape[:2]
+    ds = ts.dims[0] / tw
+    rgba = colorize(
+        _field(ts, view).region(0, 0, tw, th, ds), vmin=view.vmin, vmax=view.vmax, cmap=view.cmap
+    )
+    a = rgba[..., 3:4].astype(np.float32) / 255.0 * alpha
+    blend = (thumb * (1 - a) + rgba[..., :3] * a).round().astype(np.uint8)
+    dpi = 100
+    fig = Figure(figsize=(tw / dpi + 1.5, th / dpi + 0.7), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.0, 0.0, tw / (tw + 150), th / (th + 70)))
+    ax.imshow(blend, interpolation="none")
+    ax.set_axis_off()
+    # scale bar: a round length near a fifth of the width
+    um_w = tw * ds * ts.mpp
+    nice = [10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000]
+    bar_um = max([n for n in nice if n <= um_w / 5] or [nice[0]])
+    bar_px = bar_um / (ds * ts.mpp)
+    x0, y0 = tw * 0.03, th * 0.96
+    ax.plot([x0, x0 + bar_px], [y0, y0], color="black", linewidth=3, solid_capstyle="butt")
+    label = f"{bar_um / 1000:g} mm" if bar_um >= 1000 else f"{bar_um:g} µm"
+    ax.text(x0, y0 - th * 0.015, label, fontsize=10, color="black", va="bottom")
+    fig.text(0.01, 0.995, ts.title(), fontsize=11, va="top")
+    cax = fig.add_axes((tw / (tw + 150) + 0.01, 0.1, 20 / (tw + 150), 0.7))
+    cb = fig.colorbar(ScalarMappable(Normalize(view.vmin, view.vmax), view.cmap), cax=cax)
+    cb.set_label(view.label, fontsize=9)
+    tmp = _atomic(path)
+    fig.savefig(tmp, format="png", dpi=dpi, pil_kwargs={"compress_level": 3})
+    os.replace(tmp, path)
+    return path
+
+
+def write_geojson(ts: TileScores, path: Path, *, primary: str, top_k: int = 10) -> Path:
+    """QuPath GeoJSON: a FeatureCollection of tile detections, written one feature at a time.
+
+    Each tile is a level-0 ``Polygon`` with ``objectType: "detection"``, every score and its
+    within-slide percentile in ``measurements``, and the ``top_k`` highest / lowest tiles of
+    ``primary`` classified ``wsimm top`` / ``wsimm bottom``.
+    """
+    n = len(ts)
+    order = np.argsort(ts.scores[primary], kind="stable")
+    k = min(top_k, n // 2) if n > 1 else n
+    top, bottom = set(order[::-1][:k].tolist()), set(order[:k].tolist())
+    pct = {name: ts.percentile(name) for name in ts.scores}
+    s = ts.tile_size0
+    ns = uuid.uuid5(uuid.NAMESPACE_URL, f"wsimm:{ts.slide_id}")
+    tmp = _atomic(path)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write('{"type": "FeatureCollection", "features": [\n')
+        for i in range(n):
+            x, y = float(ts.coords[i, 0]), float(ts.coords[i, 1])
+            ring = [[x, y], [x + s, y], [x + s, y + s], [x, y + s], [x, y]]
+            meas: dict[str, float] = {}
+            for name, v in ts.scores.items():
+                meas[name] = float(v[i])
+                meas[f"{name} percentile"] = float(pct[name][i])
+            props: dict[str, Any] = {
+                "objectType": "detection",
+                "name": f"tile {i}",
+                "measurements": meas,
+                "isLocked": False,
+            }
+            if i in top:
+                props["classification"] = _TOP
+            elif i in bottom:
+                props["classification"] = _BOTTOM
+            feat = {
+                "type": "Feature",
+                "id": str(uuid.uuid5(ns, str(i))),
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[round(c, 2) for c in p] for p in ring]],
+                },
+                "properties": props,
+            }
+            f.write(("," if i else "") + json.dumps(feat, separators=(",", ":")) + "\n")
+        f.write("]}\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _read_tile_image(slide: Any, x: int, y: int, size0: float, px: int) -> np.ndarray:
+    from PIL import Image
+
+    level = slide.get_best_level_for_downsample(size0 / px)
+    lds = float(slide.level_downsamples[level])
+    n = max(1, math.ceil(size0 / lds))
+    region = np.asarray(slide.read_region((int(x), int(y)), level, (n, n)))[..., :3]
+    return np.asarray(Image.fromarray(region).resize((px, px), Image.Resampling.BOX))
+
+
+def write_gallery(
+    ts: TileScores, path: Path, slide: Any, *, name: str, top_k: int = 8, px: int = 160
+) -> Path:
+    """The ``top_k`` highest and lowest scoring tiles of ``name``, with score and percentile."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    v = ts.scores[name]
+    pct = ts.percentile(name)
+    order = np.argsort(v, kind="stable")
+    k = max(1, min(top_k, len(v) // 2 if len(v) > 1 else 1))
+    rows = [("highest " + name, order[::-1][:k]), ("lowest " + name, order[:k])]
+    pad, cap, head = 6, 18, 26
+    width = pad + k * (px + pad)
+    height = head + len(rows) * (cap + px + cap + pad)
+    canvas = Image.new("RGB", (max(width, 420), height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    try:
+        font = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    draw.text((pad, 6), ts.title(), fill=(0, 0, 0), font=font)
+    y = head
+    for label, idx in rows:
+        draw.text((pad, y + 2), label, fill=(0, 0, 0), font=font)
+        y += cap
+        for j, i in enumerate(idx):
+            x = pad + j * (px + pad)
+            img = _read_tile_image(slide, ts.coords[i, 0], ts.coords[i, 1], ts.tile_size0, px)
+            canvas.paste(Image.fromarray(img), (x, y))
+            draw.text(
+                (x, y + px + 2), f"{v[i]:.3g} (p{100 * pct[i]:.0f})", fill=(0, 0, 0), font=font
+            )
+        y += px + cap + pad
+    tmp = _atomic(path)
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+def export(
+    ts: TileScores,
+    out: str | os.PathLike[str],
+    formats: str | Sequence[str] | None = None,
+    *,
+    score: str | None = None,
+    scale: str = "auto",
+    smooth: float = 0.0,
+    cmap: str | None = None,
+    alpha: float = 0.5,
+    top_k: int = 8,
+    tiff_downsample: float | None = None,
+    slides_dir: str | os.PathLike[str] | None = None,
+    max_px: int = 2048,
+) -> dict[str, Path]:
+    """Write the heatmap files of one slide into ``out``; returns format -> path.
+
+    Parameters
+    ----------
+    score
+        Which score to draw (default ``ts.primary``: attention of the predicted class for
+        grading, risk contribution for survival).
+    scale
+        ``percentile`` (rank within the slide, CLAM's convention), ``signed`` (symmetric about
+        0 with a diverging map: for risk contributions), ``raw`` (1st-99th percentile), or
+        ``auto`` (signed for contributions, else percentile).
+    smooth
+        Gaussian smoothing of the scores over the tile grid, in tiles (0: none).
+    tiff_downsample
+        Level-0 pixels per TIFF pixel (default: a power of two giving a tile ~16 px).
+    """
+    fmts = parse_formats(formats)
+    if not 0 <= alpha <= 1:
+        raise ConfigError(f"--alpha {alpha} must be in [0, 1]")
+    if smooth < 0:
+        raise ConfigError(f"--smooth {smooth} must be >= 0")
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    view = _view(ts, score, scale, smooth, cmap)
+    files: dict[str, Path] = {}
+    stem = ts.slide_id
+    slide = None
+    if "png" in fmts or "gallery" in fmts:
+        from wsimm.pipeline._tile import locate_source
+        from wsimm.slide import open_slide
+
+        src = locate_source(
+            {"source": ts.source, "fingerprint": ts.fingerprint}, ts.slide_id, slides_dir
+        )
+        slide = open_slide(src, mpp=ts.mpp)
+    try:
+        tmp = _atomic(d / f"{stem}_tiles.csv")
+        ts.to_frame().to_csv(tmp, index=False)
+        os.replace(tmp, d / f"{stem}_tiles.csv")
+        files["csv"] = d / f"{stem}_tiles.csv"
+        if "png" in fmts:
+            files["png"] = write_png(ts, view, d / f"{stem}.png", slide, alpha=alpha, max_px=max_px)
+        if "tiff" in fmts:
+            ds = float(tiff_downsample or auto_tiff_downsample(ts))
+            if ds <= 0:
+                raise ConfigError(f"--tiff-downsample {ds} must be positive")
+            desc = json.dumps(
+                {
+                    "wsimm": {
+                        "slide_id": ts.slide_id,
+                        "score": view.name,
+                        "scale": view.label,
+                        "vmin": view.vmin,
+                        "vmax": view.vmax,
+                        "cmap": view.cmap,
+                        "downsample": ds,
+                        "slide_mpp": ts.mpp,
+                    }
+                }
+            )
+            write_overlay_tiff(
+                _field(ts, view),
+                d / f"{stem}.tiff",
+                dims=ts.dims,
+                mpp=ts.mpp,
+                downsample=ds,
+                vmin=view.vmin,
+                vmax=view.vmax,
+                cmap=view.cmap,
+                description=desc,
+            )
+            files["tiff"] = d / f"{stem}.tiff"
+        if "geojson" in fmts:
+            files["geojson"] = write_geojson(ts, d / f"{stem}.geojson", primary=view.name,
+                                             top_k=top_k)  # fmt: skip
+        if "gallery" in fmts:
+            files["gallery"] = write_gallery(ts, d / f"{stem}_gallery.png", slide, name=view.name,
+                                             top_k=top_k)  # fmt: skip
+    finally:
+        if slide is not None:
+            slide.close()
+    return files
+
+
+@dataclass
+class HeatmapReport:
+    """Per slide: ``{"slide_id", "status" (done | failed), "files", "error", "seconds"}``."""
+
+    out: Path
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.results if r["status"] == "failed"]
+
+
+def make_heatmaps(
+    run: Any,
+    store: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    slides: Sequence[str] | None = None,
+    formats: str | Sequence[str] | None = None,
+    fold: str | int = "auto",
+    overlap: float = 0.0,
+    device: str = "auto",
+    weights: str | None = None,
+    slides_dir: str | os.PathLike[str] | None = None,
+    quiet: bool = False,
+    **export_kwargs: Any,
+) -> HeatmapReport:
+    """Heatmaps of ``slides`` (default: every complete slide of the store) from a run.
+
+    A slide that fails (its file moved, no features for the run's encoder, ...) is reported and
+    the others go on. ``out/heatmaps.json`` lists every slide's files, prediction and error.
+    """
+    from wsimm._progress import progress
+    from wsimm.store import open_store
+    from wsimm.train import load_run
+    from wsimm.train._run import resolve_device
+
+    fmts = parse_formats(formats)
+    if not 0 <= overlap < 1:
+        raise ConfigError(f"--overlap {overlap} must be in [0, 1)")
+    dev = resolve_device(device)
+    r = load_run(run, dev)
+    fs = open_store(store)
+    ids = list(slides) if slides else fs.slides()
+    if not ids:
+        raise WsimmError(f"{fs.path}: the store has no complete slides to draw")
+    unknown = [s for s in ids if s not in fs.slides()]
+    if unknown and len(unknown) == len(ids):
+        raise ConfigError(
+            f"{fs.path}: no slide {', '.join(unknown[:5])} in the store (it has "
+            f"{', '.join(fs.slides()[:5])}{' ...' if len(fs.slides()) > 5 else ''}); check --slide"
+        )
+    rep = HeatmapReport(Path(out))
+    rep.out.mkdir(parents=True, exist_ok=True)
+    with progress(quiet=quiet) as bar:
+        task = bar.add_task("heatmaps", total=len(ids), rate="")
+        for sid in ids:
+            t0 = time.perf_counter()
+            try:
+                ts = tile_scores(r, fs, sid, fold=fold, overlap=overlap, device=dev,
+                                 weights=weights, slides_dir=slides_dir, bar=bar)  # fmt: skip
+                files = export(ts, rep.out, fmts, slides_dir=slides_dir, **export_kwargs)
+                rep.results.append(
+                    {
+                        "slide_id": sid,
+                        "status": "done",
+                        "tiles": len(ts),
+                        "patient_id": ts.patient_id,
+                        "folds": ts.folds,
+                        "prediction": ts.prediction,
+                        "score": export_kwargs.get("score") or ts.primary,
+                        "files": {k: str(p) for k, p in files.items()},
+                        "seconds": round(time.perf_counter() - t0, 3),
+                    }
+                )
+            except (WsimmError, OSError) as e:
+                rep.results.append({"slide_id": sid, "status": "failed", "error": str(e),
+                                    "seconds": round(time.perf_counter() - t0, 3)})  # fmt: skip
+            bar.advance(task)
+    (rep.out / "heatmaps.json").write_text(json.dumps(rep.results, indent=1))
+    return rep

@@ -1,0 +1,211 @@
+"""Rendering tile scores as images, region by region.
+
+:class:`ScoreField` paints tile scores onto level-0 space and renders any rectangle at any
+downsample on demand (overlapping tiles averaged, clipped to tissue), so every writer works in
+chunks: memory grows with the number of tiles and the chunk, never with the slide's pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsimm.errors import ConfigError
+
+__all__ = ["ScoreField", "colorize", "smooth_scores", "write_overlay_tiff"]
+
+
+def smooth_scores(
+    coords: np.ndarray, stride0: float, values: np.ndarray, sigma: float
+) -> np.ndarray:
+    """Gaussian smoothing of tile scores over the tile grid (``sigma`` in tiles), normalised
+    over the tiles that exist, so tissue edges are not pulled towards zero."""
+    if sigma <= 0 or len(values) == 0:
+        return np.asarray(values, np.float32)
+    from scipy import ndimage
+
+    g = np.round(np.asarray(coords, np.float64) / stride0).astype(np.int64)
+    g -= g.min(0)
+    shape = (int(g[:, 1].max()) + 1, int(g[:, 0].max()) + 1)
+    num = np.zeros(shape, np.float64)
+    den = np.zeros(shape, np.float64)
+    np.add.at(num, (g[:, 1], g[:, 0]), values)
+    np.add.at(den, (g[:, 1], g[:, 0]), 1.0)
+    num = ndimage.gaussian_filter(num, sigma, mode="constant")
+    den = ndimage.gaussian_filter(den, sigma, mode="constant")
+    return (num[g[:, 1], g[:, 0]] / np.maximum(den[g[:, 1], g[:, 0]], 1e-12)).astype(np.float32)
+
+
+class ScoreField:
+    """Tile scores as a function on level-0 space.
+
+    A level-0 point takes the mean score of the tiles covering it (several with overlapping
+    tiles), and ``NaN`` where no tile covers it or the tissue mask is empty.
+    """
+
+    def __init__(
+        self,
+        coords: np.ndarray,
+        size0: float,
+        values: np.ndarray,
+        *,
+        tissue: np.ndarray | None = None,
+        tissue_downsample: float = 1.0,
+    ) -> None:
+        self.x = np.asarray(coords, np.float64)[:, 0]
+        self.y = np.asarray(coords, np.float64)[:, 1]
+        self.size0 = float(size0)
+        self.values = np.asarray(values, np.float64)
+        if len(self.values) != len(self.x):
+            raise ConfigError(f"{len(self.values)} scores for {len(self.x)} tiles")
+        self.tissue = tissue
+        self.tissue_ds = float(tissue_downsample)
+
+    def region(self, x0: float, y0: float, w: int, h: int, ds: float) -> np.ndarray:
+        """``(h, w)`` float32 scores of the output pixels whose centres are
+        ``x0 + (j + 0.5) * ds, y0 + (i + 0.5) * ds`` in level-0 pixels."""
+        s = self.size0
+        sel = np.nonzero(
+            (self.x < x0 + w * ds) & (self.x + s > x0) & (self.y < y0 + h * ds) & (self.y + s > y0)
+        )[0]
+        num = np.zeros((h, w), np.float64)
+        cnt = np.zeros((h, w), np.float32)
+        if len(sel):
+            # pixel j is covered by a tile when tx <= x0 + (j + .5) ds < tx + s
+            jx0 = np.ceil((self.x[sel] - x0) / ds - 0.5).astype(np.int64)
+            jx1 = np.ceil((self.x[sel] + s - x0) / ds - 0.5).astype(np.int64)
+            iy0 = np.ceil((self.y[sel] - y0) / ds - 0.5).astype(np.int64)
+            iy1 = np.ceil((self.y[sel] + s - y0) / ds - 0.5).astype(np.int64)
+            # a tile smaller than a pixel lands on the pixel under its centre
+            tiny_x, tiny_y = jx1 <= jx0, iy1 <= iy0
+            jx0 = np.where(tiny_x, np.floor((self.x[sel] + s / 2 - x0) / ds), jx0).astype(np.int64)
+            jx1 = np.where(tiny_x, jx0 + 1, jx1)
+            iy0 = np.where(tiny_y, np.floor((self.y[sel] + s / 2 - y0) / ds), iy0).astype(np.int64)
+            iy1 = np.where(tiny_y, iy0 + 1, iy1)
+            jx0, jx1 = np.clip(jx0, 0, w), np.clip(jx1, 0, w)
+            iy0, iy1 = np.clip(iy0, 0, h), np.clip(iy1, 0, h)
+            vals = self.values[sel]
+            if np.all(tiny_x & tiny_y):  # low resolution: one pixel per tile, vectorised
+                ok = (jx0 < w) & (iy0 < h) & (jx1 > jx0) & (iy1 > iy0)
+                np.add.at(num, (iy0[ok], jx0[ok]), vals[ok])
+                np.add.at(cnt, (iy0[ok], jx0[ok]), 1.0)
+            else:
+                for k in range(len(sel)):
+                    if jx1[k] > jx0[k] and iy1[k] > iy0[k]:
+                        num[iy0[k] : iy1[k], jx0[k] : jx1[k]] += vals[k]
+                        cnt[iy0[k] : iy1[k], jx0[k] : jx1[k]] += 1.0
+        out = np.full((h, w), np.nan, np.float32)
+        has = cnt > 0
+        out[has] = (num[has] / cnt[has]).astype(np.float32)
+        if self.tissue is not None and has.any():
+            mh, mw = self.tissue.shape
+            cx = ((x0 + (np.arange(w) + 0.5) * ds) / self.tissue_ds).astype(np.int64)
+            cy = ((y0 + (np.arange(h) + 0.5) * ds) / self.tissue_ds).astype(np.int64)
+            inside = self.tissue[np.clip(cy, 0, mh - 1)][:, np.clip(cx, 0, mw - 1)]
+            inside &= (cy[:, None] < mh) & (cx[None, :] < mw)
+            out[~inside] = np.nan
+        return out
+
+
+def _lut(cmap: str) -> np.ndarray:
+    import matplotlib
+
+    try:
+        cm = matplotlib.colormaps[cmap]
+    except KeyError:
+        raise ConfigError(
+            f"unknown colour map {cmap!r} (try turbo, jet, viridis, RdBu_r)"
+        ) from None
+    return (cm(np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+
+
+def colorize(
+    values: np.ndarray,
+    *,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    cmap: str = "turbo",
+    alpha: float = 1.0,
+) -> np.ndarray:
+    """``(h, w, 4)`` uint8 RGBA: the colour map over ``[vmin, vmax]``, transparent at NaN."""
+    lut = _lut(cmap)
+    v = np.asarray(values, np.float32)
+    ok = np.isfinite(v)
+    span = vmax - vmin if vmax > vmin else 1.0
+    idx = np.clip(np.nan_to_num((v - vmin) / span * 255.0, nan=0.0), 0, 255).astype(np.uint8)
+    out = np.zeros((*v.shape, 4), np.uint8)
+    out[..., :3] = lut[idx]
+    out[..., 3] = np.where(ok, round(255 * alpha), 0).astype(np.uint8)
+    return out
+
+
+def _level_tiles(
+    field: ScoreField, ds: float, w: int, h: int, tile: int, colour: dict[str, Any]
+) -> Iterator[np.ndarray]:
+    for ty in range(0, h, tile):
+        for tx in range(0, w, tile):
+            yield colorize(field.region(tx * ds, ty * ds, tile, tile, ds), **colour)
+
+
+def write_overlay_tiff(
+    field: ScoreField,
+    path: str | os.PathLike[str],
+    *,
+    dims: tuple[int, int],
+    mpp: float,
+    downsample: float,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    cmap: str = "turbo",
+    alpha: float = 1.0,
+    tile: int = 256,
+    description: str = "",
+) -> list[tuple[int, int]]:
+    """A tiled pyramidal RGBA TIFF of the heatmap over the slide's full extent.
+
+    Level 0 of the TIFF is the slide at ``downsample`` (µm/px ``mpp * downsample`` in the
+    resolution tags), further levels shrink by 4 until one tile holds the image; NaN (no
+    tissue score) is transparent. Every output tile is rendered on its own. Written to a
+    temporary name and renamed, so a failure leaves no partial file. Returns the level
+    sizes ``(w, h)``.
+    """
+    import tifffile
+
+    w0, h0 = dims
+    levels: list[float] = [float(downsample)]
+    while max(w0, h0) / levels[-1] > tile:  # down to one tile
+        levels.append(levels[-1] * 4)
+    colour = {"vmin": vmin, "vmax": vmax, "cmap": cmap, "alpha": alpha}
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    sizes = []
+    try:
+        with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
+            for i, ds in enumerate(levels):
+                lw, lh = math.ceil(w0 / ds), math.ceil(h0 / ds)
+                um = mpp * ds
+                tw.write(
+                    _level_tiles(field, ds, lw, lh, tile, colour),
+                    shape=(lh, lw, 4),
+                    dtype=np.uint8,
+                    tile=(tile, tile),
+                    photometric="rgb",
+                    extrasamples=("unassalpha",),
+                    compression="zlib",
+                    resolution=(1e4 / um, 1e4 / um),
+                    resolutionunit="CENTIMETER",
+                    subfiletype=0 if i == 0 else 1,
+                    description=description if i == 0 else None,
+                    metadata=None,
+                )
+                sizes.append((lw, lh))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return sizes
