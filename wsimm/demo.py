@@ -2,8 +2,8 @@
 
 The demo grows with the pipeline. Today it writes a small synthetic cohort (slide files,
 labels, clinical and omics tables), reads every slide back through the slide readers, tiles
-every slide into a Zarr feature store with QC images, and writes a report. Later stages
-(heatmap) append their steps here.
+every slide into a Zarr feature store with QC images, trains ABMIL with patient-level folds,
+draws heatmaps of a few slides, and writes a report.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def run_demo(
     Steps: (1) synthetic cohort with slide files and tables, (2) slide metadata through the
     readers, (3) ``wsimm tile`` into ``out/features.zarr`` with the ``test_tiny`` encoder and
     QC images in ``out/qc``, (4) ``wsimm train`` (ABMIL, 3 patient-level folds) into
-    ``out/run`` when torch is installed. ``out/report.json`` records every step with its timing.
+    ``out/run`` and (5) ``wsimm heatmap`` of three slides into ``out/heatmaps`` when torch is
+    installed. ``out/report.json`` records every step with its timing.
     """
     from wsimm.slide import inspect_slides
     from wsimm.testing import make_cohort
@@ -124,6 +125,7 @@ def run_demo(
         )
     else:
         res.steps.append(_train_step(root, res, quiet=quiet, seed=seed))
+        res.steps.append(_heatmap_step(root, res, quiet=quiet))
 
     report = root / "report.json"
     report.write_text(
@@ -133,6 +135,25 @@ def run_demo(
     )
     res.files["report"] = report
     return res
+
+
+def _heatmap_step(root: Path, res: DemoResult, *, quiet: bool, n: int = 3) -> dict[str, Any]:
+    """``wsimm heatmap`` of the first ``n`` slides (every format) into ``out/heatmaps``."""
+    from wsimm.heatmap import make_heatmaps
+    from wsimm.store import open_store
+
+    t0 = time.perf_counter()
+    slides = open_store(res.files["store"]).slides()[:n]
+    rep = make_heatmaps(res.files["run"], res.files["store"], root / "heatmaps", slides=slides,
+                        quiet=quiet)  # fmt: skip
+    res.files["heatmaps"] = root / "heatmaps"
+    return {
+        "step": "heatmap",
+        "slides": len(rep.results),
+        "formats": "png,tiff,geojson,gallery",
+        "failed": [f"{r['slide_id']}: {r['error']}" for r in rep.failed],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
 
 
 def _train_step(root: Path, res: DemoResult, *, quiet: bool, seed: int) -> dict[str, Any]:

@@ -27,6 +27,7 @@ def test_version_and_help():
         "import-h5",
         "train",
         "predict",
+        "heatmap",
         "demo",
     ):
         assert cmd in r.stdout
@@ -101,6 +102,9 @@ def test_demo_trains_on_its_store(tmp_path):
     steps = {s["step"]: s for s in res.steps}
     assert steps["train"]["failed"] == [] and steps["train"]["patients"] >= 9
     assert (tmp_path / "d" / "run" / "metrics.json").is_file()
+    assert steps["heatmap"]["failed"] == [] and steps["heatmap"]["slides"] == 3
+    hm = tmp_path / "d" / "heatmaps"
+    assert len(list(hm.glob("*.png"))) == 6 and len(list(hm.glob("*.geojson"))) == 3
 
 
 def test_encoders_listing_and_bad_options_are_one_line(tmp_path, synthetic_slide):

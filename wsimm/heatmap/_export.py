@@ -138,6 +138,45 @@ def render(
 
 
 # ------------------------------------------------------------------------------------------
+def _tissue_box(ts: TileScores) -> tuple[float, float, float, float]:
+    """Level-0 box around the scored tiles with a margin; the whole slide when the tiles
+    cover most of it."""
+    w0, h0 = ts.dims
+    if len(ts) == 0:
+        return 0.0, 0.0, float(w0), float(h0)
+    lo = ts.coords.min(0).astype(np.float64)
+    hi = ts.coords.max(0).astype(np.float64) + ts.tile_size0
+    m = max(0.05 * float((hi - lo).max()), 2 * ts.tile_size0)
+    x0, y0 = max(0.0, lo[0] - m), max(0.0, lo[1] - m)
+    x1, y1 = min(float(w0), hi[0] + m), min(float(h0), hi[1] + m)
+    if (x1 - x0) * (y1 - y0) > 0.6 * w0 * h0:
+        return 0.0, 0.0, float(w0), float(h0)
+    return x0, y0, x1, y1
+
+
+def _read_box(slide: Any, box: tuple[float, float, float, float], ds: float) -> np.ndarray:
+    """RGB of a level-0 box at downsample ``ds``, from the best pyramid level (or, for a big
+    box on a slide without a pyramid, from the whole slide read in strips)."""
+    from PIL import Image
+
+    x0, y0, x1, y1 = box
+    ow, oh = max(1, round((x1 - x0) / ds)), max(1, round((y1 - y0) / ds))
+    level = slide.get_best_level_for_downsample(ds)
+    lds = float(slide.level_downsamples[level])
+    lw, lh = math.ceil((x1 - x0) / lds), math.ceil((y1 - y0) / lds)
+    if lw * lh <= 64_000_000:
+        region = np.asarray(slide.read_region((int(x0), int(y0)), level, (lw, lh)))[..., :3]
+        up = ow > lw
+        resample = Image.Resampling.BILINEAR if up else Image.Resampling.BOX
+        return np.asarray(Image.fromarray(region).resize((ow, oh), resample))
+    whole = slide.read_downsampled(ds)
+    r0, c0 = round(y0 / ds), round(x0 / ds)
+    out = np.full((oh, ow, 3), 255, np.uint8)
+    part = whole[r0 : r0 + oh, c0 : c0 + ow]
+    out[: part.shape[0], : part.shape[1]] = part
+    return out
+
+
 def write_png(
     ts: TileScores,
     view: _View,
@@ -147,17 +186,22 @@ def write_png(
     alpha: float = 0.5,
     max_px: int = 2048,
 ) -> Path:
-    """Heatmap blended over the slide thumbnail, with colour bar, scale bar and title."""
+    """Heatmap blended over the slide, cropped to the scored tissue (with a margin), the long
+    side ``max_px``; with colour bar, scale bar and title."""
+    from matplotlib import patheffects
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
-    thumb = np.asarray(slide.get_thumbnail((max_px, max_px)))[..., :3]
+    x0, y0, x1, y1 = _tissue_box(ts)
+    extent = max(x1 - x0, y1 - y0)
+    # the long side is max_px; a small piece of tissue is enlarged to at least 800 px
+    ds = max(extent / max_px, min(1.0, extent / min(800, max_px)))
+    thumb = _read_box(slide, (x0, y0, x1, y1), ds)
     th, tw = thumb.shape[:2]
-    ds = ts.dims[0] / tw
     rgba = colorize(
-        _field(ts, view).region(0, 0, tw, th, ds), vmin=view.vmin, vmax=view.vmax, cmap=view.cmap
+        _field(ts, view).region(x0, y0, tw, th, ds), vmin=view.vmin, vmax=view.vmax, cmap=view.cmap
     )
     a = rgba[..., 3:4].astype(np.float32) / 255.0 * alpha
     blend = (thumb * (1 - a) + rgba[..., :3] * a).round().astype(np.uint8)
@@ -172,11 +216,14 @@ def write_png(
     nice = [10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000]
     bar_um = max([n for n in nice if n <= um_w / 5] or [nice[0]])
     bar_px = bar_um / (ds * ts.mpp)
-    x0, y0 = tw * 0.03, th * 0.96
-    ax.plot([x0, x0 + bar_px], [y0, y0], color="black", linewidth=3, solid_capstyle="butt")
+    bx, by = tw * 0.03, th * 0.96
+    halo = [patheffects.withStroke(linewidth=4, foreground="white")]
+    ax.plot([bx, bx + bar_px], [by, by], color="black", linewidth=3, solid_capstyle="butt",
+            path_effects=halo)  # fmt: skip
     label = f"{bar_um / 1000:g} mm" if bar_um >= 1000 else f"{bar_um:g} µm"
-    ax.text(x0, y0 - th * 0.015, label, fontsize=10, color="black", va="bottom")
-    fig.text(0.01, 0.995, ts.title(), fontsize=11, va="top")
+    ax.text(bx, by - th * 0.015, label, fontsize=10, color="black", va="bottom",
+            path_effects=halo)  # fmt: skip
+    fig.text(0.01, 0.995, ts.title(), fontsize=13, va="top")
     cax = fig.add_axes((tw / (tw + 150) + 0.01, 0.1, 20 / (tw + 150), 0.7))
     cb = fig.colorbar(ScalarMappable(Normalize(view.vmin, view.vmax), view.cmap), cax=cax)
     cb.set_label(view.label, fontsize=9)
