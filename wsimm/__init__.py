@@ -45,6 +45,7 @@ _SUBMODULES = (
     "errors",
     "fusion",
     "heatmap",
+    "io",
     "mil",
     "slide",
     "store",

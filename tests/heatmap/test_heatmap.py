@@ -296,3 +296,21 @@ def test_formats_are_checked():
     assert parse_formats("tiff, png") == ("tiff", "png")
     with pytest.raises(ConfigError):
         parse_formats("png,svg")
+
+
+def test_multi_branch_models_give_one_attention_per_class(tmp_path):
+    c = make_mil_cohort(16, task="grade", seed=4, feature_dim=8, tiles_per_slide=(20, 30))
+    bags_to_store(c.bags, tmp_path / "s.zarr")
+    c.labels.to_csv(tmp_path / "labels.csv", index=False)
+    train(store=str(tmp_path / "s.zarr"), labels=str(tmp_path / "labels.csv"), task="grade",
+          out=str(tmp_path / "run"), model="clam_mb", folds=2, epochs=2, quiet=True)  # fmt: skip
+    sid = sorted(c.bags)[0]
+    ts = tile_scores(tmp_path / "run", tmp_path / "s.zarr", sid)
+    assert set(ts.scores) == {"attention_0", "attention_1"}
+    assert ts.primary == f"attention_{ts.prediction['pred_name']}"
+    for v in ts.scores.values():
+        assert v.shape == (len(ts),) and v.sum() == pytest.approx(1.0, abs=1e-4)
+    doc = json.loads(export(ts, tmp_path / "out", "geojson")["geojson"].read_text())
+    assert set(doc["features"][0]["properties"]["measurements"]) == {
+        "attention_0", "attention_0 percentile", "attention_1", "attention_1 percentile"
+    }  # fmt: skip
