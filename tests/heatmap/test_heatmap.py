@@ -314,3 +314,17 @@ def test_multi_branch_models_give_one_attention_per_class(tmp_path):
     assert set(doc["features"][0]["properties"]["measurements"]) == {
         "attention_0", "attention_0 percentile", "attention_1", "attention_1 percentile"
     }  # fmt: skip
+
+
+def test_slide_background_is_read_in_strips_exactly(tumour_run):
+    from wsimm.heatmap._export import _read_box
+    from wsimm.slide import open_slide
+
+    _, truth = tumour_run
+    with open_slide(truth["S00"].path) as s:
+        box = (64.0, 32.0, 1984.0, 1440.0)
+        one = _read_box(s, box, 3.0)
+        strips = _read_box(s, box, 3.0, strip_pixels=5000)
+        assert one.shape == (469, 640, 3)
+        assert np.array_equal(one, strips)
+        assert _read_box(s, (0.0, 0.0, 100.0, 50.0), 0.125).shape == (400, 800, 3)

@@ -154,26 +154,37 @@ def _tissue_box(ts: TileScores) -> tuple[float, float, float, float]:
     return x0, y0, x1, y1
 
 
-def _read_box(slide: Any, box: tuple[float, float, float, float], ds: float) -> np.ndarray:
-    """RGB of a level-0 box at downsample ``ds``, from the best pyramid level (or, for a big
-    box on a slide without a pyramid, from the whole slide read in strips)."""
+def _read_box(
+    slide: Any, box: tuple[float, float, float, float], ds: float, strip_pixels: int = 1 << 24
+) -> np.ndarray:
+    """RGB of a level-0 box at downsample ``ds``, from the best pyramid level, read in
+    horizontal strips so memory stays at the output plus one strip (slides without a
+    pyramid too)."""
     from PIL import Image
 
     x0, y0, x1, y1 = box
     ow, oh = max(1, round((x1 - x0) / ds)), max(1, round((y1 - y0) / ds))
-    level = slide.get_best_level_for_downsample(ds)
+    level = slide.get_best_level_for_downsample(max(ds, 1.0))
     lds = float(slide.level_downsamples[level])
-    lw, lh = math.ceil((x1 - x0) / lds), math.ceil((y1 - y0) / lds)
-    if lw * lh <= 64_000_000:
-        region = np.asarray(slide.read_region((int(x0), int(y0)), level, (lw, lh)))[..., :3]
-        up = ow > lw
-        resample = Image.Resampling.BILINEAR if up else Image.Resampling.BOX
-        return np.asarray(Image.fromarray(region).resize((ow, oh), resample))
-    whole = slide.read_downsampled(ds)
-    r0, c0 = round(y0 / ds), round(x0 / ds)
-    out = np.full((oh, ow, 3), 255, np.uint8)
-    part = whole[r0 : r0 + oh, c0 : c0 + ow]
-    out[: part.shape[0], : part.shape[1]] = part
+    level_h = int(slide.level_dimensions[level][1])
+    lw = (x1 - x0) / lds
+    ly0, sy = y0 / lds, (y1 - y0) / lds / oh  # level rows per output row
+    read_w = max(1, math.ceil(lw))
+    resample = Image.Resampling.BILINEAR if ow > lw else Image.Resampling.BOX
+    out = np.empty((oh, ow, 3), np.uint8)
+    step = max(1, int(max(1, strip_pixels // read_w) / max(sy, 1e-9)))
+    for r0 in range(0, oh, step):
+        r1 = min(oh, r0 + step)
+        fy0, fy1 = ly0 + r0 * sy, ly0 + r1 * sy
+        iy0 = max(0, math.floor(fy0))
+        iy1 = max(iy0 + 1, min(level_h, math.ceil(fy1)))
+        strip = np.asarray(
+            slide.read_region((int(x0), round(iy0 * lds)), level, (read_w, iy1 - iy0))
+        )[..., :3]
+        img = Image.fromarray(np.ascontiguousarray(strip))
+        out[r0:r1] = np.asarray(
+            img.resize((ow, r1 - r0), resample, box=(0.0, fy0 - iy0, lw, fy1 - iy0))
+        )
     return out
 
 

@@ -158,23 +158,31 @@ def _fold_scores(fm: Any, x: np.ndarray, device: str) -> tuple[dict[str, np.ndar
 
 
 # ------------------------------------------------------------------------------------------
+_PATIENTS: dict[tuple, dict[str, str]] = {}
+
+
 def _slide_patient(cfg: Any, slide_id: str) -> str | None:
-    """The patient the run's labels table gives for ``slide_id`` (``None`` when unknown)."""
+    """The patient the run's labels table gives for ``slide_id`` (``None`` when unknown);
+    the table is read once per file version."""
     from wsimm._table import read_table
     from wsimm.train._tables import _slide_key
 
-    if not cfg.labels or not Path(str(cfg.labels)).is_file():
+    path = Path(str(cfg.labels)) if cfg.labels else None
+    if path is None or not path.is_file():
         return None
-    try:
-        df = read_table(str(cfg.labels))
-    except Exception:
-        return None
-    if cfg.slide_col not in df or cfg.patient_col not in df:
-        return None
-    for pid, sid in zip(df[cfg.patient_col], df[cfg.slide_col], strict=True):
-        if isinstance(sid, str) and sid and _slide_key(sid) == slide_id:
-            return str(pid)
-    return None
+    key = (str(path.resolve()), path.stat().st_mtime_ns, cfg.patient_col, cfg.slide_col)
+    if key not in _PATIENTS:
+        try:
+            df = read_table(str(path))
+        except Exception:
+            return None
+        mapping: dict[str, str] = {}
+        if cfg.slide_col in df and cfg.patient_col in df:
+            for pid, sid in zip(df[cfg.patient_col], df[cfg.slide_col], strict=True):
+                if isinstance(sid, str) and sid:
+                    mapping.setdefault(_slide_key(sid), str(pid))
+        _PATIENTS[key] = mapping
+    return _PATIENTS[key].get(slide_id)
 
 
 def choose_folds(run: Any, slide_id: str, fold: str | int = "auto") -> tuple[list[int], str | None]:
