@@ -254,14 +254,18 @@ def test_risk_contributions_add_up_to_the_cox_risk(cox_run):
         export(ts, d / "out", "gallery")
 
 
-def test_fusion_runs_are_refused_with_a_clear_error(cox_run, tmp_path):
+def test_predict_refuses_fusion_runs_and_a_broken_fusion_fold_is_a_clear_error(cox_run, tmp_path):
     import shutil
+
+    from wsimm.train import load_run
 
     d, _ = cox_run
     shutil.copytree(d / "run", tmp_path / "run")
     cfg = (tmp_path / "run" / "config.yaml").read_text()
     (tmp_path / "run" / "config.yaml").write_text(cfg.replace("fusion: none", "fusion: graph"))
     with pytest.raises(ConfigError, match="without --fusion"):
+        load_run(tmp_path / "run")  # wsimm predict
+    with pytest.raises(ConfigError, match="not a trained fusion fold"):
         tile_scores(tmp_path / "run", d / "s.zarr", "x")
 
 

@@ -483,7 +483,7 @@ def make_heatmaps(
     if not 0 <= overlap < 1:
         raise ConfigError(f"--overlap {overlap} must be in [0, 1)")
     dev = resolve_device(device)
-    r = load_run(run, dev)
+    r = load_run(run, dev, fusion=True)
     fs = open_store(store)
     ids = list(slides) if slides else fs.slides()
     if not ids:

@@ -7,6 +7,9 @@
   ``r`` linearised at that embedding the tile's contribution is ``a_i * dr/demb . h_i``; with a
   Cox head this is exact (the contributions add up to the risk minus the head's bias). Other
   models get gradient x input on the tile features.
+- Fusion runs: the slide model's attention inside the fusion network, and the contribution
+  through the whole patient graph (gradient of the risk with respect to the slide embedding,
+  the patient's graph rebuilt from the run's tables with the fold's preprocessing).
 
 With ``overlap`` the slide is tiled again on a denser grid (the store's tissue mask and tile
 size, a smaller stride), the tiles are encoded with the run's encoder and scored by the trained
@@ -158,6 +161,115 @@ def _fold_scores(fm: Any, x: np.ndarray, device: str) -> tuple[dict[str, np.ndar
 
 
 # ------------------------------------------------------------------------------------------
+_FUSION_INPUTS: dict[tuple, Any] = {}
+
+
+def _fusion_inputs(run: Any, fs: Any, encoder: str | None) -> Any:
+    """The run's modalities (omics, clinical, slides of ``fs``), read once per run and store."""
+    key = (str(run.path), str(fs.path))
+    if key not in _FUSION_INPUTS:
+        import warnings
+
+        from wsimm.errors import WsimmWarning
+        from wsimm.train._data import BagSource
+        from wsimm.train._fusion import load_fusion_data
+        from wsimm.train._tables import load_examples
+
+        with warnings.catch_warnings():  # rows without slides here are expected
+            warnings.simplefilter("ignore", WsimmWarning)
+            ex = load_examples(run.config, fs.slides(), require_outcomes=False,
+                               slides_required=False)  # fmt: skip
+            slides = {p: v for p, v in ex.slides.items() if v}
+            source = BagSource(str(fs.path), slides, encoder=encoder, cache=False)
+            _FUSION_INPUTS[key] = load_fusion_data(run.config, ex, source)
+    return _FUSION_INPUTS[key]
+
+
+def _fusion_fold_scores(
+    fm: Any, fd: Any, pid: str | None, slide_id: str, device: str
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A fusion fold's scores for one slide: the slide model's attention inside the fusion
+    network, and (survival) each tile's contribution to the patient's predicted risk through
+    the whole graph (the slide embedding's gradient, as for MIL runs)."""
+    import torch
+    from torch_geometric.data import Batch
+
+    from wsimm.fusion import build_graphs
+    from wsimm.mil.abmil import Attention
+
+    mods = tuple(fm.meta["modalities"])
+    if "slide" not in mods:
+        raise ConfigError("this fusion run does not use slides: it has no tile scores to draw")
+    if pid is None or slide_id not in fd.slide_index:
+        raise DataError(
+            f"slide {slide_id}: its patient is not in the run's labels table; fusion heatmaps "
+            "need the patient's other modalities"
+        )
+    graphs = build_graphs(fd.mods, fm.preprocess, [pid], slide_index=fd.slide_index, use=mods)
+    b = Batch.from_data_list(graphs).to(device)
+    slide_ids = [fd.slide_ids[i] for i in b["slide"].sidx.tolist()]
+    j = slide_ids.index(slide_id)
+    parts = [fd.source.slide(s) for s in slide_ids]
+    x = torch.from_numpy(np.concatenate(parts)).float().to(device)
+    if fm.norm is not None:
+        x = fm.norm.apply(x)
+    sizes = torch.as_tensor([len(p) for p in parts], device=device)
+    tb = torch.repeat_interleave(torch.arange(len(parts), device=device), sizes)
+    sel = (tb == j).nonzero().squeeze(1)
+    nets = list(fm.model.members) if hasattr(fm.model, "members") else [fm.model]
+    captured: list[tuple[Any, Any]] = []
+
+    def patch(mil: Any) -> None:
+        orig = type(mil).pool
+
+        def pool(xx, batch, n, y):
+            emb, a, aux = orig(mil, xx, batch, n, y)
+            emb = emb.detach().requires_grad_(True)
+            captured.append((emb, a.detach()))
+            return emb, a, aux
+
+        mil.pool = pool
+
+    for net in nets:
+        patch(net.mil)
+    try:
+        with torch.enable_grad():
+            out = fm.model(b, (x, tb))
+            survival = fm.task == "survival"
+            grads = None
+            if survival:
+                r = _risk_torch(out.logits, fm.bins is not None).sum()
+                grads = torch.autograd.grad(r, [e for e, _ in captured])
+    finally:
+        for net in nets:
+            del net.mil.pool
+    scores: dict[str, list[np.ndarray]] = {}
+    for k, (net, (_, a)) in enumerate(zip(nets, captured, strict=True)):
+        a_sel = a[sel]
+        if a_sel.dim() == 2:
+            names = fm.meta.get("classes") or list(range(a_sel.shape[1]))
+            for c in range(a_sel.shape[1]):
+                scores.setdefault(f"attention_{names[c]}", []).append(a_sel[:, c].cpu().numpy())
+        else:
+            scores.setdefault("attention", []).append(a_sel.cpu().numpy())
+        if grads is not None:
+            mil = net.mil
+            if not (hasattr(mil, "fc") and isinstance(getattr(mil, "attention", None), Attention)):
+                raise ConfigError(
+                    f"risk contributions of a fusion run need an attention-pooling slide model "
+                    f"(abmil, abmil_gated, clam); this run uses {fm.meta['spec']['slide_model']}"
+                )
+            with torch.no_grad():
+                h = mil.fc(x[sel])
+                g = grads[k][j].reshape(-1, h.shape[1])
+                att = a_sel if a_sel.dim() == 2 else a_sel[:, None]
+                contrib = (att * (h @ g.T)).sum(1)
+            scores.setdefault("contribution", []).append(contrib.float().cpu().numpy())
+    mean = {n: np.mean(v, 0).astype(np.float32) for n, v in scores.items()}
+    return mean, out.logits.detach().float().cpu().numpy()[0]
+
+
+# ------------------------------------------------------------------------------------------
 _PATIENTS: dict[tuple, dict[str, str]] = {}
 
 
@@ -301,8 +413,11 @@ def tile_scores(
     from wsimm.train import load_run
     from wsimm.train._predict import Run
 
-    r = run if isinstance(run, Run) else load_run(run, device)
+    r = run if isinstance(run, Run) else load_run(run, device, fusion=True)
     fs = store if isinstance(store, FeatureStore) else open_store(store)
+    fusion = r.config.fusion != "none"
+    if fusion and overlap:
+        raise ConfigError("--overlap re-scoring is for slide-only runs, not fusion runs")
     if slide_id not in fs.slides():
         raise DataError(
             f"{fs.path}: no complete slide {slide_id!r} (has {', '.join(fs.slides()[:8])}"
@@ -332,9 +447,9 @@ def tile_scores(
             batch_size=batch_size,
             bar=bar,
         )
-    else:
+    elif not fusion:
         x = fs.features(slide_id, enc).astype(np.float32)
-    if x.shape[1] != meta["in_dim"]:
+    if not fusion and x.shape[1] != meta["in_dim"]:
         raise DataError(
             f"{fs.path}: {slide_id} features are {x.shape[1]}-d but the run was trained on "
             f"{meta['in_dim']}-d {enc!r} features"
@@ -342,7 +457,11 @@ def tile_scores(
     per: list[dict[str, np.ndarray]] = []
     logits = []
     for i in idx:
-        s, lg = _fold_scores(r.folds[i], x, device)
+        if fusion:
+            fd = _fusion_inputs(r, fs, enc)
+            s, lg = _fusion_fold_scores(r.folds[i], fd, pid, slide_id, device)
+        else:
+            s, lg = _fold_scores(r.folds[i], x, device)
         per.append(s)
         logits.append(lg)
     scores = {k: np.mean([p[k] for p in per], 0).astype(np.float32) for k in per[0]}
@@ -371,7 +490,11 @@ def tile_scores(
         scores=scores,
         primary=primary,
         prediction=prediction,
-        model=str(meta["model"]),
+        model=(
+            f"{meta['fusion']} fusion ({meta['spec']['slide_model']})"
+            if fusion
+            else str(meta["model"])
+        ),
         folds=[int(r.folds[i].meta["fold"]) for i in idx],
         patient_id=pid,
         source=a.get("source"),

@@ -543,3 +543,41 @@ def run_baselines(
         mean, std = summarise_folds(cfg.task, rows)
         results[name] = {"folds": rows, "mean": mean, "std": std, "failed": failed}
     return results
+
+
+# -- loading a fusion run back ------------------------------------------------------------------
+
+
+def load_fusion_fold(directory: str | Path, device: str = "cpu") -> FoldModel:
+    """A saved fusion fold: ``model`` is the :class:`~wsimm.fusion.FusionNet` (or ensemble) in
+    eval mode, with the fold's tile normalisation, time bins and meta; the fold's fitted
+    :class:`~wsimm.fusion.Preprocessor` is ``fm.preprocess``."""
+    from safetensors.torch import load_file
+
+    from wsimm.errors import ConfigError
+    from wsimm.fusion._model import FusionEnsemble, FusionNet, FusionSpec
+
+    d = Path(directory)
+    need = [d / "meta.json", d / "model.safetensors", d / "preprocess.json"]
+    if not all(p.is_file() for p in need):
+        raise ConfigError(
+            f"{d}: not a trained fusion fold (needs {', '.join(p.name for p in need)})"
+        )
+    meta = json.loads((d / "meta.json").read_text())
+    pre = Preprocessor.from_dict(json.loads((d / "preprocess.json").read_text()))
+    spec = FusionSpec(**meta["spec"])
+    index = [[pre.genes[a].index(x) for x in genes] for _, a, genes in pre.kinds]
+    members = []
+    for _ in range(int(meta.get("ensemble") or 1)):
+        net = FusionNet(spec)
+        net.set_gene_index(index, pre.proj)
+        members.append(net)
+    model = members[0] if len(members) == 1 else FusionEnsemble(members)
+    t = load_file(str(d / "model.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+    model.to(device).eval()
+    norm = FeatureNorm(t["norm.mean"].numpy(), t["norm.std"].numpy()) if "norm.mean" in t else None
+    bins = TimeBins.from_dict(meta["bins"]) if meta.get("bins") else None
+    fm = FoldModel(model=model, norm=norm, bins=bins, meta=meta)
+    fm.preprocess = pre  # type: ignore[attr-defined]
+    return fm

@@ -29,17 +29,26 @@ class Run:
         return self.folds[0].meta.get("classes")
 
 
-def load_run(run_dir: str | os.PathLike[str], device: str = "cpu") -> Run:
+def load_run(run_dir: str | os.PathLike[str], device: str = "cpu", *, fusion: bool = False) -> Run:
+    """A finished run directory. Fusion runs load only with ``fusion=True`` (their folds are
+    fusion networks that need the omics and clinical tables: heatmaps use them)."""
     d = Path(run_dir)
     if not (d / "config.yaml").is_file():
         raise ConfigError(
             f"{d}: not a wsimm run directory (no config.yaml); pass the --out of wsimm train"
         )
     cfg = TrainConfig.load(d / "config.yaml")
+    if cfg.fusion != "none" and fusion:
+        from wsimm.train._fusion import load_fusion_fold
+
+        dirs = sorted(d.glob("fold_*/model.safetensors"), key=lambda p: int(p.parent.name[5:]))
+        if not dirs:
+            raise ConfigError(f"{d}: the run has no trained folds")
+        return Run(d, cfg, [load_fusion_fold(p.parent, device) for p in dirs])
     if cfg.fusion != "none":
         raise ConfigError(
-            f"{d}: a --fusion {cfg.fusion} run; wsimm predict and wsimm heatmap take slide-only "
-            "runs: train one on the same store without --fusion"
+            f"{d}: a --fusion {cfg.fusion} run; wsimm predict takes slide-only runs: train one "
+            "on the same store without --fusion"
         )
     fold_dirs = sorted(d.glob("fold_*/model.safetensors"), key=lambda p: int(p.parent.name[5:]))
     if not fold_dirs:

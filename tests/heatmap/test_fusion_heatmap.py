@@ -1,0 +1,69 @@
+"""Heatmaps of fusion runs: the slide model's attention inside the fusion network and each
+tile's contribution to the patient's risk through the whole graph."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("torch_geometric")
+pytest.importorskip("lifelines")
+
+import wsimm
+from wsimm.errors import WsimmWarning
+from wsimm.heatmap import export, make_heatmaps, tile_scores
+from wsimm.train import train
+
+
+@pytest.fixture(scope="module")
+def fusion_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hm_fusion")
+    co = wsimm.make_cohort(36, seed=13, tiles_per_slide=(20, 40), feature_dim=16,
+                           p_no_slide=0.1)  # fmt: skip
+    paths = co.save(d)
+    wsimm.bags_to_store(co.bags, d / "s.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WsimmWarning)
+        res = train(store=str(d / "s.zarr"), labels=str(paths["labels"]), task="survival",
+                    omics=str(paths["omics"]), clinical=str(paths["clinical"]),
+                    gene_groups=str(paths["gene_groups"]), fusion="graph", folds=3, epochs=3,
+                    survival_loss="cox", out=str(d / "run"), baselines="none", quiet=True,
+                    fusion_kwargs={"hidden": 16, "heads": 2})  # fmt: skip
+    assert not res.failed
+    return co, d
+
+
+def test_fusion_heatmap_scores_match_the_runs_out_of_fold_prediction(fusion_run):
+    co, d = fusion_run
+    preds = pd.read_csv(d / "run" / "predictions.csv")
+    single = co.labels.groupby("patient_id")["slide_id"].nunique()
+    pid = next(p for p in preds["patient_id"] if single.get(p) == 1)
+    sid = co.labels.loc[co.labels.patient_id == pid, "slide_id"].iloc[0]
+    ts = tile_scores(d / "run", d / "s.zarr", sid)
+    row = preds[preds.patient_id == pid].iloc[0]
+    assert ts.folds == [int(row["fold"])] and ts.patient_id == pid
+    # the heatmap's model, graph and tiles are the run's: same risk as predictions.csv
+    assert ts.prediction["risk"] == pytest.approx(float(row["risk"]), abs=1e-4)
+    assert set(ts.scores) == {"attention", "contribution"} and ts.primary == "contribution"
+    assert len(ts) == len(co.bags[sid])
+    assert ts.scores["attention"].sum() == pytest.approx(1.0, abs=1e-4)
+    c = ts.scores["contribution"]
+    assert np.isfinite(c).all() and c.std() > 0
+    assert "graph fusion" in ts.title()
+
+
+def test_fusion_heatmap_files_from_the_cli_path(fusion_run):
+    co, d = fusion_run
+    sids = sorted(co.bags)[:2]
+    rep = make_heatmaps(d / "run", d / "s.zarr", d / "hm", slides=sids, formats="geojson,tiff",
+                        quiet=True)  # fmt: skip
+    assert not rep.failed, rep.failed
+    doc = json.loads((d / "hm" / f"{sids[0]}.geojson").read_text())
+    meas = doc["features"][0]["properties"]["measurements"]
+    assert {"attention", "contribution", "contribution percentile"} <= set(meas)
+    ts = tile_scores(d / "run", d / "s.zarr", sids[1])
+    assert export(ts, d / "hm2", "tiff")["tiff"].is_file()
