@@ -57,12 +57,13 @@ class ScoreField:
         tissue: np.ndarray | None = None,
         tissue_downsample: float = 1.0,
     ) -> None:
-        self.x = np.asarray(coords, np.float64)[:, 0]
-        self.y = np.asarray(coords, np.float64)[:, 1]
+        c = np.asarray(coords, np.float64).reshape(-1, 2)
+        v = np.asarray(values, np.float64)
+        if len(v) != len(c):
+            raise ConfigError(f"{len(v)} scores for {len(c)} tiles")
+        order = np.argsort(c[:, 1], kind="stable")  # by y: a region reads one band of tiles
+        self.x, self.y, self.values = c[order, 0], c[order, 1], v[order]
         self.size0 = float(size0)
-        self.values = np.asarray(values, np.float64)
-        if len(self.values) != len(self.x):
-            raise ConfigError(f"{len(self.values)} scores for {len(self.x)} tiles")
         self.tissue = tissue
         self.tissue_ds = float(tissue_downsample)
 
@@ -70,9 +71,11 @@ class ScoreField:
         """``(h, w)`` float32 scores of the output pixels whose centres are
         ``x0 + (j + 0.5) * ds, y0 + (i + 0.5) * ds`` in level-0 pixels."""
         s = self.size0
-        sel = np.nonzero(
-            (self.x < x0 + w * ds) & (self.x + s > x0) & (self.y < y0 + h * ds) & (self.y + s > y0)
-        )[0]
+        lo = int(np.searchsorted(self.y, y0 - s, side="right"))
+        hi = int(np.searchsorted(self.y, y0 + h * ds, side="left"))
+        band = np.arange(lo, hi)
+        bx = self.x[lo:hi]
+        sel = band[(bx < x0 + w * ds) & (bx + s > x0) & (self.y[lo:hi] + s > y0)]
         num = np.zeros((h, w), np.float64)
         cnt = np.zeros((h, w), np.float32)
         if len(sel):
