@@ -105,7 +105,7 @@ def to_anndata(
         from wsimm.train import load_run
         from wsimm.train._predict import Run
 
-        r = run if isinstance(run, Run) else load_run(run)
+        r = run if isinstance(run, Run) else load_run(run, fusion=True)
         if encoder is None:
             encoder = r.folds[0].meta["encoder"]
     enc = _encoder(fs, slide_id, encoder)
