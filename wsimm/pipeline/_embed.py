@@ -124,8 +124,7 @@ def _run_embed(jobs, fs, report, workers, scheduler, quiet, as_completed, progre
             started = time.perf_counter()
             for sid, job in jobs.items():
                 grid = grids.pop(sid)
-                pending[sid] = _submit_chunks(client, fs, job, grid, futs, ac,
-                                              scatter=bool(scheduler))  # fmt: skip
+                pending[sid] = _submit_chunks(client, fs, job, grid, futs, ac)
             for fut in ac:
                 _, sid, _n = futs.pop(fut)
                 if sid in failed:

@@ -12,6 +12,7 @@ which the next run deletes and redoes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import time
@@ -233,7 +234,8 @@ def default_workers(enc: Any) -> int:
 
 
 def _chunk_task(job: dict[str, Any], grid: Any, start: int, stop: int) -> int:
-    """Read tiles ``start:stop`` of a slide, encode them in batches, write their rows.
+    """Read the tiles of ``grid`` (a slide's grid cut down to its rows ``start:stop``), encode
+    them in batches, write their rows.
 
     Reading runs one batch ahead in a helper thread when the encoder is a model (so the
     model never waits for JPEG decoding); cheap encoders read inline.
@@ -244,7 +246,8 @@ def _chunk_task(job: dict[str, Any], grid: Any, start: int, stop: int) -> int:
 
     s = open_slide_cached(job["path"], mpp=job["slide_mpp"])
     enc = _encoder(job["encoder"], job["weights"], job["device"])
-    coords = grid.coords[start:stop]
+    coords = grid.coords
+    assert len(coords) == stop - start
     out = np.empty((len(coords), enc.cfg.embed_dim), np.float32)
     batches = read_tiles(s, grid, coords, job["batch_size"])
     if getattr(enc, "model", None) is not None:
@@ -432,9 +435,13 @@ def tile_slides(
     return report
 
 
-def _submit_chunks(client, fs, job, grid, futs, ac, *, scatter: bool) -> int:
+def _submit_chunks(client, fs, job, grid, futs, ac) -> int:
     """Create the slide's features array and submit its chunk tasks (aligned to the array's
-    Zarr chunks, ~1k tiles each); returns how many were submitted."""
+    Zarr chunks, ~1k tiles each); returns how many were submitted.
+
+    Each task carries only its own rows of the grid (a few KB), never data scattered to one
+    worker: when a worker dies, the scheduler reruns its tasks elsewhere with nothing lost.
+    """
     enc = _encoder(job["encoder"], job["weights"], job["device"])
     n = len(grid.coords)
     rows = fs.begin_features(
@@ -442,12 +449,14 @@ def _submit_chunks(client, fs, job, grid, futs, ac, *, scatter: bool) -> int:
         attrs={"encoder": job["encoder"], "cfg": enc.cfg.to_dict(), "weights": job["weights"],
                "weights_fingerprint": enc.weights_fingerprint},
     )  # fmt: skip
-    g = client.scatter(grid) if scatter else grid
     step = rows * max(1, 1024 // rows)
     count = 0
     for a in range(0, n, step):
         b = min(n, a + step)
-        f = client.submit(_chunk_task, job, g, a, b, retries=2, pure=False)
+        part = dataclasses.replace(
+            grid, coords=grid.coords[a:b], tissue_fraction=grid.tissue_fraction[a:b]
+        )
+        f = client.submit(_chunk_task, job, part, a, b, retries=2, pure=False)
         futs[f] = ("chunk", job["slide_id"], b - a)
         ac.add(f)
         count += 1
@@ -536,8 +545,7 @@ def _run(jobs, fs, report, params, workers, scheduler, quiet, as_completed) -> N
                         _finish(fs, report, job, n, t0[sid])
                         bar.advance(t_slides)
                         continue
-                    pending[sid] = _submit_chunks(client, fs, job, res["grid"], futs, ac,
-                                                  scatter=bool(scheduler))  # fmt: skip
+                    pending[sid] = _submit_chunks(client, fs, job, res["grid"], futs, ac)
                 else:
                     _count_tiles(bar, t_tiles, tiles_done, sid, res, started)
                     pending[sid] -= 1
