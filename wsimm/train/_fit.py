@@ -71,6 +71,37 @@ class _Objective:
         return nll_loss(logits, tg["bin"][idx], tg["event"][idx])
 
 
+class EpochSelection:
+    """Model selection on the validation split, shared by every training loop: each epoch's
+    history row, a non-finite training loss refused, the weights of the epoch with the lowest
+    validation loss kept, and early stopping after ``patience`` epochs without improvement."""
+
+    def __init__(self, patience: int, *, bar=None, task_id=None, label: str = "") -> None:
+        self.patience, self.bar, self.task_id, self.label = patience, bar, task_id, label
+        self.best_loss, self.best_epoch, self._state = math.inf, -1, None
+        self.history: list[dict] = []
+
+    def end_epoch(
+        self, model, epoch: int, train_loss: float, val_loss: float, val_scores: dict
+    ) -> bool:
+        """Book the epoch; ``True`` when training should stop."""
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss}
+        row.update({f"val_{k}": v for k, v in val_scores.items()})
+        self.history.append(row)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"{self.label}training loss became {train_loss}")
+        if val_loss < self.best_loss:
+            self.best_loss, self.best_epoch = val_loss, epoch
+            self._state = copy.deepcopy(model.state_dict())
+        if self.bar is not None:
+            self.bar.update(self.task_id, advance=1, rate=f"val loss {val_loss:.3f}")
+        return epoch - self.best_epoch >= self.patience
+
+    def restore(self, model) -> None:
+        """Load the kept weights into ``model``."""
+        model.load_state_dict(self._state)
+
+
 def fit_fold(
     cfg: TrainConfig,
     source: BagSource,
@@ -135,8 +166,7 @@ def fit_fold(
         sample_p /= sample_p.sum()
 
     task_id = bar.add_task(f"fold {fold}", total=cfg.epochs, rate="") if bar is not None else None
-    best = (math.inf, -1, None)
-    history = []
+    sel = EpochSelection(cfg.patience, bar=bar, task_id=task_id, label=f"fold {fold}: ")
     for epoch in range(cfg.epochs):
         model.train()
         if sample_p is not None:
@@ -173,20 +203,12 @@ def fit_fold(
         with torch.no_grad():
             vl = torch.as_tensor(val_logits, device=device)
             val_loss = float(objective(vl, tg_va, torch.arange(len(val_ids), device=device)))
-        row = {"epoch": epoch, "train_loss": total / max(n_seen, 1), "val_loss": val_loss}
-        row.update({f"val_{k}": v for k, v in _score(fm, va, val_logits, tr, full=False).items()})
-        history.append(row)
-        if not math.isfinite(row["train_loss"]):
-            raise FloatingPointError(f"fold {fold}: training loss became {row['train_loss']}")
-        if val_loss < best[0]:
-            best = (val_loss, epoch, copy.deepcopy(model.state_dict()))
-        if bar is not None:
-            bar.update(task_id, advance=1, rate=f"val loss {val_loss:.3f}")
-        if epoch - best[1] >= cfg.patience:
+        scores = _score(fm, va, val_logits, tr, full=False)
+        if sel.end_epoch(model, epoch, total / max(n_seen, 1), val_loss, scores):
             break
     if bar is not None:
         bar.update(task_id, completed=cfg.epochs)
-    model.load_state_dict(best[2])
+    sel.restore(model)
 
     if cfg.task == "survival":
         # the risk-group cut and (Cox) the baseline hazard come from training patients
@@ -195,13 +217,15 @@ def fit_fold(
         fm.meta["train_risk_median"] = float(np.median(tr_risk))
         if bins is None:
             fm.baseline = breslow(tr_risk, tr["time"].to_numpy(), tr["event"].to_numpy())
-    fm.meta["best_epoch"] = best[1]
+    fm.meta["best_epoch"] = sel.best_epoch
 
     test_ids = te["patient_id"].tolist()
     logits, _ = fm.outputs(source, test_ids, device=device, workers=cfg.workers)
     metrics = _score(fm, te, logits, tr)
     preds = _prediction_rows(fm, te, logits, fold)
-    return FoldResult(fold, fm, metrics, preds, pd.DataFrame(history), best[1], train_ids)
+    return FoldResult(
+        fold, fm, metrics, preds, pd.DataFrame(sel.history), sel.best_epoch, train_ids
+    )
 
 
 def _score(

@@ -8,7 +8,6 @@ normalisation, time bins, the Cox baseline hazard) sees only that fold's trainin
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import warnings
@@ -30,7 +29,7 @@ from wsimm.fusion._model import MODALITY_NODE
 from wsimm.survival import TimeBins
 from wsimm.train._config import TrainConfig
 from wsimm.train._data import BagSource, FeatureNorm
-from wsimm.train._fit import FoldResult, _Objective, _prediction_rows, _score
+from wsimm.train._fit import EpochSelection, FoldResult, _Objective, _prediction_rows, _score
 from wsimm.train._fold import FoldModel, breslow, json_clean
 from wsimm.train._tables import Examples, _listing
 
@@ -280,7 +279,7 @@ def fit_fusion_fold(
         net = FusionNet(spec)
         net.set_gene_index(index, pre.proj)
         net.to(device)
-        hist = _fit_member(
+        hist, member_best = _fit_member(
             cfg,
             net,
             _Net(net, pre, fd, norm, device),
@@ -295,7 +294,7 @@ def fit_fusion_fold(
             bar=(bar, task_id),
         )
         history += [{"member": member, **r} for r in hist]
-        best_epochs.append(int(pd.DataFrame(hist)["val_loss"].idxmin()))
+        best_epochs.append(member_best)
         members.append(net)
     if bar is not None:
         bar.update(task_id, completed=cfg.epochs * n_models)
@@ -359,8 +358,7 @@ def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, r
     steps = math.ceil(len(g_tr) / bs)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps))
     fm.model = net
-    best = (math.inf, -1, None)
-    history = []
+    sel = EpochSelection(cfg.patience, bar=bar, task_id=task_id)
     val_idx = torch.arange(len(tr), len(tr) + len(va), device=device)
     for epoch in range(cfg.epochs):
         net.train()
@@ -385,21 +383,13 @@ def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, r
         vl_logits, _ = runner.run(g_va, batch_size=bs)
         with torch.no_grad():
             val_loss = float(objective(torch.as_tensor(vl_logits, device=device), tg, val_idx))
-        row = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss}
-        row.update({f"val_{k}": v for k, v in _score(fm, va, vl_logits, tr, full=False).items()})
-        history.append(row)
-        if not math.isfinite(row["train_loss"]):
-            raise FloatingPointError(f"training loss became {row['train_loss']}")
-        if val_loss < best[0]:
-            best = (val_loss, epoch, copy.deepcopy(net.state_dict()))
-        if bar is not None:
-            bar.update(task_id, advance=1, rate=f"val loss {val_loss:.3f}")
-        if epoch - best[1] >= cfg.patience:
+        scores = _score(fm, va, vl_logits, tr, full=False)
+        if sel.end_epoch(net, epoch, total / max(seen, 1), val_loss, scores):
             if bar is not None:
                 bar.update(task_id, advance=cfg.epochs - epoch - 1)
             break
-    net.load_state_dict(best[2])
-    return history
+    sel.restore(net)
+    return sel.history, sel.best_epoch
 
 
 def _explain(w: dict, top: int = 5) -> dict:
