@@ -485,14 +485,15 @@ def make_heatmaps(
     dev = resolve_device(device)
     r = load_run(run, dev, fusion=True)
     fs = open_store(store)
-    ids = list(slides) if slides else fs.slides()
+    have = fs.slides()
+    ids = list(slides) if slides else have
     if not ids:
         raise WsimmError(f"{fs.path}: the store has no complete slides to draw")
-    unknown = [s for s in ids if s not in fs.slides()]
+    unknown = sorted(set(ids) - set(have))
     if unknown and len(unknown) == len(ids):
         raise ConfigError(
             f"{fs.path}: no slide {', '.join(unknown[:5])} in the store (it has "
-            f"{', '.join(fs.slides()[:5])}{' ...' if len(fs.slides()) > 5 else ''}); check --slide"
+            f"{', '.join(have[:5])}{' ...' if len(have) > 5 else ''}); check --slide"
         )
     rep = HeatmapReport(Path(out))
     rep.out.mkdir(parents=True, exist_ok=True)

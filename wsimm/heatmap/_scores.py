@@ -418,7 +418,7 @@ def tile_scores(
     fusion = r.config.fusion != "none"
     if fusion and overlap:
         raise ConfigError("--overlap re-scoring is for slide-only runs, not fusion runs")
-    if slide_id not in fs.slides():
+    if slide_id not in fs:
         raise DataError(
             f"{fs.path}: no complete slide {slide_id!r} (has {', '.join(fs.slides()[:8])}"
             f"{' ...' if len(fs.slides()) > 8 else ''}); check --slide"

@@ -98,7 +98,7 @@ def to_anndata(
     """
     ad = _ad()
     fs = _open(store)
-    if slide_id not in fs.slides():
+    if slide_id not in fs:
         raise DataError(f"{fs.path}: no complete slide {slide_id!r}; check the slide id")
     r = None
     if run is not None:

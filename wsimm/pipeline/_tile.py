@@ -559,7 +559,7 @@ def _run(jobs, fs, report, params, workers, scheduler, quiet, as_completed) -> N
             cluster.close()
     # a slide whose chunk failed: remove its partial group
     for sid in failed:
-        if sid in fs.all_slide_ids() and sid not in fs.slides():
+        if sid in fs.all_slide_ids() and sid not in fs:
             fs.delete_slide(sid)
 
 

@@ -86,7 +86,7 @@ def import_h5(
     with fs.lock():
         for p in files:
             sid = sanitize_slide_id(p.stem)
-            if sid in fs.slides() and not overwrite:
+            if sid in fs and not overwrite:
                 raise StoreError(
                     f"{fs.path}: slide {sid!r} already exists; pass --overwrite to replace it"
                 )

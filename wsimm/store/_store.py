@@ -112,7 +112,9 @@ class FeatureStore:
         return [k for k in sorted(g.group_keys()) if g[k].attrs.get("status") == "complete"]
 
     def __contains__(self, slide_id: str) -> bool:
-        return slide_id in self.slides()
+        """Whether ``slide_id`` is a complete slide (reads that slide's attributes only)."""
+        g = self._slides_group()
+        return g is not None and slide_id in g and g[slide_id].attrs.get("status") == "complete"
 
     def _slide(self, slide_id: str, *, complete: bool = True) -> Any:
         g = self._slides_group()
