@@ -17,13 +17,12 @@ real loading path); speed does not depend on their values.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
+
+from _stages import run_stage
 
 CHILD = r"""
 import json, os, resource, sys, time
@@ -65,11 +64,7 @@ print(json.dumps(out))
 
 
 def child(stage: str, **a) -> dict:
-    p = subprocess.run([sys.executable, "-c", CHILD, stage, json.dumps(a)],
-                       capture_output=True, text=True)  # fmt: skip
-    if p.returncode:
-        sys.exit(f"stage {stage} failed:\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return run_stage(CHILD, stage, a)
 
 
 def main() -> None:

@@ -23,12 +23,11 @@ RSS big / small.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
+
+from _stages import run_stage
 
 CHILD = r"""
 import json, os, resource, sys, time
@@ -117,13 +116,7 @@ print(json.dumps(out))
 
 
 def child(stage: str, **args) -> dict:
-    p = subprocess.run(
-        [sys.executable, "-c", CHILD, stage, json.dumps(args)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if p.returncode:
-        sys.exit(f"stage {stage} failed:\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return run_stage(CHILD, stage, args)
 
 
 def main() -> None:
