@@ -374,9 +374,11 @@ def train(
     given = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
     from wsimm.train import TrainConfig
     from wsimm.train import train as run_train
+    from wsimm.train._dist import is_main_process
 
     cfg = TrainConfig.load(config, **given) if config else TrainConfig(**given)
     one_line_warnings()
+    quiet = quiet or not is_main_process()  # under torchrun, rank 0 reports
     res = run_train(cfg, overwrite=overwrite, quiet=quiet)
     if not quiet:
         _print_run(res)

@@ -106,14 +106,19 @@ class BagSource:
         seed: int | None = None,
         norm: FeatureNorm | None = None,
         device: str = "cpu",
+        keys: Sequence[int] | None = None,
     ) -> Batch:
         """Build one ragged batch. With ``max_tiles`` and a ``seed``, each bag keeps a random
-        subset of at most ``max_tiles`` tiles (training); otherwise whole bags."""
+        subset of at most ``max_tiles`` tiles (training); otherwise whole bags. The subset of
+        a patient's bag depends on ``seed`` and the patient's key (default: its position
+        here) alone, so a batch split across processes draws the same tiles as one."""
         import torch
 
-        rng = np.random.default_rng(seed) if seed is not None else None
         parts, sizes, groups = [], [], []
         for gi, pid in enumerate(pids):
+            rng = None
+            if seed is not None and max_tiles is not None:
+                rng = np.random.default_rng([seed, int(keys[gi]) if keys is not None else gi])
             bags = self.patient(pid)
             if not per_slide:
                 bags = [bags[0] if len(bags) == 1 else np.concatenate(bags)]
@@ -155,6 +160,7 @@ class BagSource:
                 seed=None if seeds is None else int(seeds[j]),
                 norm=norm,
                 device=device,
+                keys=idx,
             )
             b.index = idx
             return b

@@ -14,6 +14,7 @@ from wsimm.errors import DataError
 from wsimm.survival import TimeBins, c_index
 from wsimm.train._config import TrainConfig
 from wsimm.train._data import BagSource, FeatureNorm
+from wsimm.train._dist import current
 from wsimm.train._fold import FoldModel, breslow
 from wsimm.train._metrics import grade_metrics, survival_metrics
 
@@ -135,6 +136,7 @@ def fit_fold(
     else:
         n_out = int(table["y"].max()) + 1
 
+    job = current()
     seed = cfg.seed * 1000 + fold
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -156,6 +158,7 @@ def fit_fold(
     tg_tr, tg_va = objective.targets(tr, device), objective.targets(va, device)
     train_ids, val_ids = tr["patient_id"].tolist(), va["patient_id"].tolist()
 
+    net = job.wrap(model, partial=hasattr(model, "instance"))  # DDP under torchrun
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = math.ceil(len(train_ids) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps))
@@ -168,37 +171,49 @@ def fit_fold(
     task_id = bar.add_task(f"fold {fold}", total=cfg.epochs, rate="") if bar is not None else None
     sel = EpochSelection(cfg.patience, bar=bar, task_id=task_id, label=f"fold {fold}: ")
     for epoch in range(cfg.epochs):
-        model.train()
+        net.train()
         if sample_p is not None:
             perm = rng.choice(len(train_ids), len(train_ids), replace=True, p=sample_p)
         else:
             perm = rng.permutation(len(train_ids))
         order = [perm[i : i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size)]
         seeds = rng.integers(0, 2**31, len(order))
+        # under torchrun each process takes its shard of every batch (a stand-in bag if empty)
+        local = [job.shard(o)[0] or [o[0]] for o in order] if job.active else order
         total, n_seen = 0.0, 0
-        for b in source.batches(
-            train_ids,
-            order,
-            per_slide=per_slide,
-            max_tiles=cfg.max_tiles,
-            seeds=seeds,
-            norm=norm,
-            device=device,
-            workers=cfg.workers,
+        for j, b in enumerate(
+            source.batches(
+                train_ids,
+                local,
+                per_slide=per_slide,
+                max_tiles=cfg.max_tiles,
+                seeds=seeds,
+                norm=norm,
+                device=device,
+                workers=cfg.workers,
+            )
         ):
             y = tg_tr["y"][b.index] if "y" in tg_tr else None
-            out = model(b.x, b.batch, b.n_bags, group=b.group, n_groups=b.n_groups, y=y)
-            loss = objective(out.logits, tg_tr, b.index)
-            if out.aux_loss is not None:
-                loss = loss + model.aux_weight * out.aux_loss
+            out = net(b.x, b.batch, b.n_bags, group=b.group, n_groups=b.n_groups, y=y)
+            whole = torch.as_tensor(order[j], device=device)
+            loss, value = job.batch_loss(
+                out.logits,
+                len(order[j]),
+                lambda lg, whole=whole: objective(lg, tg_tr, whole),
+                aux=out.aux_loss,
+                aux_weight=getattr(model, "aux_weight", 0.0),
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss.detach()) * len(b.index)
-            n_seen += len(b.index)
-        val_logits, _ = fm.outputs(
-            source, val_ids, device=device, batch_size=cfg.batch_size, workers=cfg.workers
+            total += value * len(order[j])
+            n_seen += len(order[j])
+        (val_logits,) = job.map_rows(
+            lambda ids: fm.outputs(
+                source, ids, device=device, batch_size=cfg.batch_size, workers=cfg.workers
+            )[:1],
+            val_ids,
         )
         with torch.no_grad():
             vl = torch.as_tensor(val_logits, device=device)
@@ -212,7 +227,10 @@ def fit_fold(
 
     if cfg.task == "survival":
         # the risk-group cut and (Cox) the baseline hazard come from training patients
-        tr_logits, _ = fm.outputs(source, train_ids, device=device, workers=cfg.workers)
+        (tr_logits,) = job.map_rows(
+            lambda ids: fm.outputs(source, ids, device=device, workers=cfg.workers)[:1],
+            train_ids,
+        )
         tr_risk = fm.risk(tr_logits)
         fm.meta["train_risk_median"] = float(np.median(tr_risk))
         if bins is None:
@@ -220,7 +238,9 @@ def fit_fold(
     fm.meta["best_epoch"] = sel.best_epoch
 
     test_ids = te["patient_id"].tolist()
-    logits, _ = fm.outputs(source, test_ids, device=device, workers=cfg.workers)
+    (logits,) = job.map_rows(
+        lambda ids: fm.outputs(source, ids, device=device, workers=cfg.workers)[:1], test_ids
+    )
     metrics = _score(fm, te, logits, tr)
     preds = _prediction_rows(fm, te, logits, fold)
     return FoldResult(

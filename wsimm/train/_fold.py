@@ -78,7 +78,9 @@ class FoldModel:
 
     def bin_survival(self, logits: np.ndarray) -> np.ndarray:
         """Discrete-time: event-free probability at the end of each bin, ``(n, K)``."""
-        return np.cumprod(1.0 / (1.0 + np.exp(logits.astype(np.float64))), 1)
+        from scipy.special import expit  # 1 / (1 + e^x) without overflow
+
+        return np.cumprod(expit(-logits.astype(np.float64)), 1)
 
     def survival_at(self, logits: np.ndarray, times: np.ndarray) -> np.ndarray:
         """Event-free probability at ``times`` for each patient, ``(n, len(times))``."""
@@ -89,7 +91,11 @@ class FoldModel:
             bt, bh = self.baseline
             i = np.searchsorted(bt, times, side="right") - 1
             h0 = np.where(i >= 0, bh[np.clip(i, 0, None)], 0.0)
-            return np.exp(-np.exp(self.risk(logits))[:, None] * h0[None, :])
+            # exp(-exp(r) h0) in log space: a large risk must not overflow exp(r)
+            with np.errstate(divide="ignore"):
+                log_h0 = np.log(h0)
+            log_h = np.minimum(self.risk(logits)[:, None] + log_h0[None, :], 700.0)
+            return np.exp(-np.exp(log_h))
         s = self.bin_survival(logits)
         xs = np.asarray(self.bins.edges[1:-1], np.float64)
         pts = np.concatenate([[0.0], xs])

@@ -29,6 +29,7 @@ from wsimm.fusion._model import MODALITY_NODE
 from wsimm.survival import TimeBins
 from wsimm.train._config import TrainConfig
 from wsimm.train._data import BagSource, FeatureNorm
+from wsimm.train._dist import current
 from wsimm.train._fit import EpochSelection, FoldResult, _Objective, _prediction_rows, _score
 from wsimm.train._fold import FoldModel, breslow, json_clean
 from wsimm.train._tables import Examples, _listing
@@ -114,7 +115,9 @@ class _Net:
     ):
         self.net, self.pre, self.fd, self.norm, self.device = net, pre, fd, norm, device
 
-    def tiles(self, batch, *, max_tiles: int | None = None, rng=None):
+    def tiles(self, batch, *, max_tiles: int | None = None, seed: int | None = None):
+        """The tiles of the batch's slide nodes; with ``max_tiles`` and ``seed`` (training)
+        each slide keeps a random subset drawn from the seed and the slide alone."""
         import torch
 
         if "slide" not in self.net.mods or batch["slide"].num_nodes == 0:
@@ -122,7 +125,8 @@ class _Net:
         parts, sizes = [], []
         for i in batch["slide"].sidx.tolist():
             b = self.fd.source.slide(self.fd.slide_ids[i])  # type: ignore[union-attr]
-            if rng is not None and max_tiles is not None and len(b) > max_tiles:
+            if seed is not None and max_tiles is not None and len(b) > max_tiles:
+                rng = np.random.default_rng([seed, i])
                 b = b[np.sort(rng.choice(len(b), max_tiles, replace=False))]
             parts.append(b)
             sizes.append(len(b))
@@ -136,7 +140,13 @@ class _Net:
 
     def run(self, graphs: list, *, remove: tuple[str, ...] = (), batch_size: int = 64):
         """Logits ``(n, K)`` and per-node readout weights for ``graphs`` (eval mode); the
-        modalities in ``remove`` are taken away (their nodes do not take part)."""
+        modalities in ``remove`` are taken away (their nodes do not take part). Under torchrun
+        the graphs are shared out between the processes and every process gets all rows."""
+        return current().map_rows(
+            lambda gs: self._run(gs, remove=remove, batch_size=batch_size), graphs
+        )
+
+    def _run(self, graphs: list, *, remove: tuple[str, ...], batch_size: int):
         import torch
         from torch_geometric.data import Batch
 
@@ -155,7 +165,9 @@ class _Net:
                 out = self.net(b, self.tiles(b) if "slide" not in remove else None, keep=keep)
                 logits.append(out.logits.float().cpu().numpy())
                 weights.append(_weights_per_patient(b, out.weights, self, keep))
-        return np.concatenate(logits), [w for ws in weights for w in ws]
+        n_out = self.net.spec.n_outputs
+        lg = np.concatenate(logits) if logits else np.zeros((0, n_out), np.float32)
+        return lg, [w for ws in weights for w in ws]
 
 
 def _weights_per_patient(b, weights, net: _Net, keep) -> list[dict | None]:
@@ -188,9 +200,10 @@ def _weights_per_patient(b, weights, net: _Net, keep) -> list[dict | None]:
     return out
 
 
-def _keep_masks(b, mods: list[str], p: float, gen):
+def _keep_masks(b, mods: list[str], p: float, draw):
     """Modality dropout: per patient, drop each of its modalities with probability ``p`` but
-    never all of them."""
+    never all of them. ``draw`` holds a uniform number per patient of the batch and modality
+    (drawn for the whole batch, so a batch split across processes drops the same nodes)."""
     import torch
 
     if p <= 0 or len(mods) < 2:
@@ -201,7 +214,7 @@ def _keep_masks(b, mods: list[str], p: float, gen):
     has = torch.stack(
         [torch.zeros(B, device=dev).index_fill_(0, b[t].batch, 1.0).bool() for t in types], 1
     )
-    drop = (torch.rand(B, len(types), generator=gen) < p).to(dev) & has
+    drop = (draw[:B, : len(types)] < p).to(dev) & has
     drop[(has & ~drop).sum(1) == 0] = False
     return {t: ~drop[b[t].batch, j] for j, t in enumerate(types)}
 
@@ -354,31 +367,45 @@ def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, r
     first = Batch.from_data_list(g_tr[: min(bs, len(g_tr))]).to(device)
     with torch.no_grad():
         net(first, runner.tiles(first))
+    job = current()
+    ddp = job.wrap(net, partial=True)  # DDP under torchrun
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = math.ceil(len(g_tr) / bs)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps))
     fm.model = net
     sel = EpochSelection(cfg.patience, bar=bar, task_id=task_id)
     val_idx = torch.arange(len(tr), len(tr) + len(va), device=device)
+    n_types = len(net.mods)
     for epoch in range(cfg.epochs):
-        net.train()
+        ddp.train()
         perm = rng.permutation(len(g_tr))
         total, seen = 0.0, 0
         for i in range(0, len(perm), bs):
             idx = perm[i : i + bs]
             if cfg.task == "survival" and cfg.survival_loss == "cox" and len(idx) < 2:
                 continue
-            b = Batch.from_data_list([g_tr[j] for j in idx]).to(device)
-            keep = _keep_masks(b, net.mods, p_drop, gen)
-            out = net(b, runner.tiles(b, max_tiles=cfg.max_tiles, rng=rng), keep=keep)
-            loss = objective(out.logits, tg, b.pidx)
-            if out.aux_loss is not None:
-                loss = loss + net.mil.aux_weight * out.aux_loss
+            draw = torch.rand(len(idx), n_types, generator=gen)
+            tile_seed = int(rng.integers(0, 2**31))
+            mine, off = job.shard(list(idx)) if job.active else (list(idx), 0)
+            if not mine:  # this process's shard is empty: a stand-in that counts for nothing
+                mine, off = [idx[0]], 0
+            b = Batch.from_data_list([g_tr[j] for j in mine]).to(device)
+            keep = _keep_masks(b, net.mods, p_drop, draw[off:])
+            out = ddp(b, runner.tiles(b, max_tiles=cfg.max_tiles, seed=tile_seed), keep=keep)
+            whole = torch.cat([g_tr[j].pidx for j in idx]).to(device)
+            aux_w = net.mil.aux_weight if out.aux_loss is not None else 0.0
+            loss, value = job.batch_loss(
+                out.logits,
+                len(idx),
+                lambda lg, whole=whole: objective(lg, tg, whole),
+                aux=out.aux_loss,
+                aux_weight=aux_w,
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss.detach()) * len(idx)
+            total += value * len(idx)
             seen += len(idx)
         vl_logits, _ = runner.run(g_va, batch_size=bs)
         with torch.no_grad():
@@ -527,8 +554,9 @@ def run_baselines(
             rows.append({"fold": k, **res.metrics, "best_epoch": res.best_epoch})
             preds.append(res.predictions)
         d = out / "baselines" / name
-        d.mkdir(parents=True, exist_ok=True)
-        if preds:
+        if current().main:
+            d.mkdir(parents=True, exist_ok=True)
+        if preds and current().main:
             pd.concat(preds, ignore_index=True).to_csv(d / "predictions.csv", index=False)
         mean, std = summarise_folds(cfg.task, rows)
         results[name] = {"folds": rows, "mean": mean, "std": std, "failed": failed}

@@ -62,9 +62,10 @@ def train(
     Nothing is fitted on test patients: time bins, feature normalisation, class weights and the
     Cox baseline come from each fold's training patients; the epoch is chosen on the fold's
     validation patients. Every test patient gets exactly one prediction.
-    """
-    import torch
 
+    Under ``torchrun --nproc-per-node N`` the folds are trained data-parallel (DDP, gloo on
+    CPU, NCCL on GPU) with the same steps as one process; rank 0 writes the run directory.
+    """
     t0 = time.perf_counter()
     cfg = (cfg or TrainConfig(**options)).validate()
     out = Path(cfg.out)
@@ -90,7 +91,24 @@ def train(
         )
         fd = load_fusion_data(cfg, ex, source)
     cfg.encoder = source.encoder if source is not None else cfg.encoder
-    device = resolve_device(cfg.device)
+    from wsimm.train._dist import setup, teardown
+
+    job, device, opened = setup(resolve_device(cfg.device))
+    try:
+        res = _cross_validate(cfg, ex, source, fd, job, device, quiet=quiet, t0=t0)
+    except BaseException:
+        teardown(opened, wait=False)  # torchrun stops the other ranks
+        raise
+    teardown(opened)
+    return res
+
+
+def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float) -> RunResult:
+    """The folds, the baselines and the run directory (rank 0 alone writes it)."""
+    import torch
+
+    out = Path(cfg.out)
+    quiet = quiet or not job.main
 
     ids = ex.ids
     strata = ex.table["y" if cfg.task == "grade" else "event"].to_numpy()
@@ -127,9 +145,10 @@ def train(
                 "losses and metrics need some (use fewer --folds)"
             )
 
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.yaml")
-    splits.to_csv(out / "splits.csv", index=False)
+    if job.main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.yaml")
+        splits.to_csv(out / "splits.csv", index=False)
 
     fold_rows, preds, failed = [], [], {}
     fold_sets = {
@@ -165,18 +184,20 @@ def train(
                     raise
                 except Exception as e:  # a fold that breaks is reported, the others go on
                     failed[int(k)] = f"{type(e).__name__}: {e}"
-                    (out / f"fold_{k}").mkdir(exist_ok=True)
-                    (out / f"fold_{k}" / "error.txt").write_text(traceback.format_exc())
+                    if job.main:
+                        (out / f"fold_{k}").mkdir(exist_ok=True)
+                        (out / f"fold_{k}" / "error.txt").write_text(traceback.format_exc())
                     continue
                 fdir = out / f"fold_{k}"
                 res.model.meta["classes"] = ex.classes
-                if fd is None:
+                if job.main and fd is None:
                     res.model.save(fdir)
-                else:
+                    res.history.to_csv(fdir / "history.csv", index=False)
+                elif job.main:
                     from wsimm.train._fusion import save_fusion_fold
 
                     save_fusion_fold(res, fdir)
-                res.history.to_csv(fdir / "history.csv", index=False)
+                    res.history.to_csv(fdir / "history.csv", index=False)
                 fold_rows.append(
                     {
                         "fold": int(k),
@@ -198,12 +219,17 @@ def train(
         _check_scored(predictions, splits)
     if ex.classes is not None and len(predictions):
         predictions["label_name"] = [ex.classes[i] for i in predictions["label"]]
-    predictions.to_csv(out / "predictions.csv", index=False)
     metrics = _summarise(cfg, fold_rows, failed)
+    if job.active:
+        metrics["processes"] = job.world
     if fd is not None:
         metrics["model"] = f"{cfg.fusion} fusion"
         metrics["modalities"] = fd.mods.names
         metrics["baselines"] = baselines
+    if not job.main:  # the other ranks computed the same folds; rank 0 writes them
+        return RunResult(out, metrics, predictions, failed, time.perf_counter() - t0)
+    predictions.to_csv(out / "predictions.csv", index=False)
+    if fd is not None:
         _comparison(cfg, fold_rows, baselines).to_csv(out / "comparison.csv", index=False)
     if cfg.task == "survival" and len(predictions):
         from wsimm.survival import km_plot
