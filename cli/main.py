@@ -38,6 +38,11 @@ def main(
 ) -> None:
     """wsimm: tile slides into a Zarr feature store, train attention MIL and graph fusion."""
     STATE["debug"] = debug
+    if not debug:  # readers' own log lines about damaged files: wsimm's error names the file
+        import logging
+
+        for name in ("tifffile", "tiffslide"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 Backend = Annotated[

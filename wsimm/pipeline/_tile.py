@@ -282,7 +282,9 @@ def _client(workers: int, scheduler: str | None) -> tuple[Any, Any]:
         n_workers=1,
         threads_per_worker=max(1, workers),
         processes=False,
-        dashboard_address=None,
+        # the scheduler serves HTTP even without a dashboard: on a free port, so concurrent
+        # runs do not fight over 8787 (and warn about it)
+        dashboard_address="127.0.0.1:0",
         silence_logs=50,
     )
     return Client(cluster), cluster
@@ -510,10 +512,7 @@ def _run(jobs, fs, report, params, workers, scheduler, quiet, as_completed) -> N
                 if kind == "plan":
                     n = len(res["coords"])
                     if n == 0:
-                        _fail(fs, report, job, WsimmError(
-                            f"{job['path']}: no tissue tiles found (tissue area "
-                            f"{res['attrs']['tissue_area_um2'] / 1e6:.3f} mm²); check --slide-mpp, "
-                            "lower --min-tissue, or use --tissue biopsy"), t0[sid])  # fmt: skip
+                        _fail(fs, report, job, WsimmError(_no_tiles(job, res)), t0[sid])
                         failed.add(sid)
                         bar.advance(t_slides)
                         continue
@@ -561,6 +560,23 @@ def _run(jobs, fs, report, params, workers, scheduler, quiet, as_completed) -> N
     for sid in failed:
         if sid in fs.all_slide_ids() and sid not in fs:
             fs.delete_slide(sid)
+
+
+def _no_tiles(job: dict[str, Any], res: dict[str, Any]) -> str:
+    """Why a slide has no tiles: smaller than one tile, or no tissue found."""
+    a, spec = res["attrs"], job["spec"]
+    w, h = a["level0_dims"]
+    side = float(a["tile_size0"])
+    if w < side or h < side:
+        return (
+            f"{job['path']}: the slide ({w} x {h} px at {a['mpp']:.3g} µm/px) is smaller than "
+            f"one {spec.tile_px}-px tile at {spec.mpp} µm/px ({side:.0f} px); use a smaller "
+            "--tile-px or a coarser --mpp"
+        )
+    return (
+        f"{job['path']}: no tissue tiles found (tissue area {a['tissue_area_um2'] / 1e6:.3f} "
+        "mm²); check --slide-mpp, lower --min-tissue, or use --tissue biopsy"
+    )
 
 
 def _size(path: str) -> int | None:

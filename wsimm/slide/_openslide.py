@@ -109,7 +109,8 @@ class OpenSlideSlide(Slide):
             return np.asarray(self._osr.read_region(location, level, size))
         except Exception as e:
             raise SlideReadError(
-                f"{self.path}: openslide failed reading {size} at {location} level {level} ({e})"
+                f"{self.path}: openslide failed reading {size} at {location} level {level} "
+                f"({e}); the file may be damaged or truncated: re-copy it"
             ) from e
 
     def close(self) -> None:

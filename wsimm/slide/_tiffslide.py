@@ -131,7 +131,7 @@ class TiffSlideSlide(Slide):
         except Exception as e:
             raise SlideReadError(
                 f"{self.path}: tiffslide failed reading {size} at {location} level {level} "
-                f"({type(e).__name__}: {e})"
+                f"({type(e).__name__}: {e}); the file may be damaged or truncated: re-copy it"
             ) from e
 
     def close(self) -> None:

@@ -329,10 +329,17 @@ def open_store(path: str | os.PathLike[str], mode: str = "r") -> FeatureStore:
     try:
         root = zarr.open_group(p, mode="r" if mode == "r" else "r+")
     except Exception as e:
-        raise StoreFormatError(f"{p}: not a Zarr store ({type(e).__name__}: {e})") from e
+        why = str(e).splitlines()[0] if str(e) else ""
+        raise StoreFormatError(
+            f"{p}: a folder that is not a Zarr store ({type(e).__name__}: {why}); choose "
+            "another --store path (a damaged wsimm store: re-tile into a new one)"
+        ) from e
     meta = root.attrs.get("wsimm")
     if not isinstance(meta, dict) or meta.get("encoding-type") != ENCODING_TYPE:
-        raise StoreFormatError(f"{p}: a Zarr group but not a wsimm feature store")
+        raise StoreFormatError(
+            f"{p}: a Zarr group but not a wsimm feature store; choose another --store path "
+            "(wsimm does not write into other tools' stores)"
+        )
     ver = meta.get("encoding-version")
     if ver != ENCODING_VERSION:
         raise StoreFormatError(

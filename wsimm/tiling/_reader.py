@@ -76,8 +76,16 @@ class TiffTileReader:
                 arr = None
             else:
                 data = os.pread(self._fd, n, self._offsets[i])
-                seg, _, _ = self._decode(data, i, jpegtables=self._jpegtables)
-                arr = np.asarray(seg).reshape(seg.shape[-3:])[..., :3]
+                try:
+                    seg, _, _ = self._decode(data, i, jpegtables=self._jpegtables)
+                    arr = np.asarray(seg).reshape(seg.shape[-3:])[..., :3]
+                except Exception as e:
+                    from wsimm.errors import SlideReadError
+
+                    raise SlideReadError(
+                        f"{self.path}: TIFF tile {i} (row {ty}, column {tx}) cannot be decoded "
+                        f"({type(e).__name__}: {e}); the file is damaged or truncated: re-copy it"
+                    ) from e
                 self.decoded += 1
             self._cache[key] = arr
             self._low_row = min(self._low_row, ty)

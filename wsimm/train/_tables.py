@@ -106,11 +106,11 @@ def load_examples(
         cols = ["y"]
     else:
         t = pd.to_numeric(df[cfg.time_col], errors="coerce")
-        bad = df.loc[t.isna() | (t < 0), "patient_id"].unique()
+        bad = df.loc[t.isna() | (t < 0) | np.isinf(t), "patient_id"].unique()
         if len(bad):
             raise DataError(
-                f"{src}: {cfg.time_col} is missing, not a number or negative for patient(s) "
-                f"{_listing(bad)}; survival times must be >= 0"
+                f"{src}: {cfg.time_col} is missing, not a number, infinite or negative for "
+                f"patient(s) {_listing(bad)}; survival times must be finite and >= 0"
             )
         col = cfg.censorship_col or cfg.event_col
         e = pd.to_numeric(df[col], errors="coerce")
