@@ -55,8 +55,7 @@ def embed_store(
     t_start = time.perf_counter()
     if encoder in (None, "none"):
         raise ConfigError("wsimm embed needs an --encoder")
-    if not os.path.isdir(store):
-        raise ConfigError(f"{os.fspath(store)}: no such feature store; create it with wsimm tile")
+    open_store(store)  # refuses a missing, foreign or damaged store (embed never makes one)
     enc = _encoder(encoder, weights, device)
     fs = open_store(store, "a")
     report = TileReport(store=fs.path)
@@ -146,3 +145,6 @@ def _run_embed(jobs, fs, report, workers, scheduler, quiet, as_completed, progre
         client.close()
         if cluster is not None:
             cluster.close()
+            from wsimm.slide import clear_cache
+
+            clear_cache()  # the in-process workers' open slides

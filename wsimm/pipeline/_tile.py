@@ -556,6 +556,9 @@ def _run(jobs, fs, report, params, workers, scheduler, quiet, as_completed) -> N
         client.close()
         if cluster is not None:
             cluster.close()
+            from wsimm.slide import clear_cache
+
+            clear_cache()  # the in-process workers' open slides: closed, not left to the GC
     # a slide whose chunk failed: remove its partial group
     for sid in failed:
         if sid in fs.all_slide_ids() and sid not in fs:
