@@ -22,16 +22,30 @@ WSIMM = shutil.which("wsimm", path=os.path.dirname(sys.executable)) or shutil.wh
 pytestmark = pytest.mark.skipif(WSIMM is None, reason="the wsimm command is not installed")
 
 
-def _torchrun(args: list[str], out) -> dict:
+def _both(tmp_path, **opts) -> tuple[dict, dict]:
+    """The same run in one process (the Python API) and under torchrun with 2 (the CLI, the
+    way users launch it): plain options become flags, dict options go into --config."""
+    one = _one_process(tmp_path / "one", **opts)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "".join(f"{k}: {json.dumps(v)}\n" for k, v in opts.items() if isinstance(v, dict))
+    )
+    flags = ["--config", str(cfg)]
+    for k, v in opts.items():
+        if not isinstance(v, dict):
+            flags += [f"--{k.replace('_', '-')}", str(v)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    cmd += ["--no-python", WSIMM, "train", *args, "--out", str(out), "--device", "cpu", "--quiet"]
+    cmd += ["--no-python", WSIMM, "train", *flags, "--out", str(tmp_path / "two")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    p = subprocess.run(
+        [*cmd, "--device", "cpu", "--quiet"], capture_output=True, text=True, env=env, timeout=600
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return json.loads((out / "metrics.json").read_text())
+    return one, json.loads((tmp_path / "two" / "metrics.json").read_text())
 
 
 def _one_process(out, **kw) -> dict:
+    kw = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in kw.items()}
     train(TrainConfig(out=str(out), device="cpu", **kw), quiet=True)
     return json.loads((out / "metrics.json").read_text())
 
@@ -45,17 +59,16 @@ def _same_run(one: dict, two: dict, key: str) -> None:
         assert b[key] == pytest.approx(a[key], abs=1e-6)
 
 
+NO_DROPOUT = {"dropout": 0.0}
+
+
 def test_torchrun_abmil_grading_matches_one_process(small_grade, tmp_path):
     _, store, labels = small_grade
-    opts = dict(store=str(store), labels=str(labels), task="grade", folds=3, epochs=4)
     # batch size 5 over 2 processes: uneven shards (3 + 2), and a last batch of one bag
-    opts["batch_size"] = 5
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("model_kwargs: {dropout: 0.0}\n")
-    one = _one_process(tmp_path / "one", model_kwargs={"dropout": 0.0}, **opts)
-    flags = ["--store", str(store), "--labels", str(labels), "--task", "grade"]
-    flags += ["--folds", "3", "--epochs", "4", "--batch-size", "5", "--config", str(cfg)]
-    two = _torchrun(flags, tmp_path / "two")
+    one, two = _both(
+        tmp_path, store=store, labels=labels, task="grade", folds=3, epochs=4, batch_size=5,
+        model_kwargs=NO_DROPOUT,
+    )  # fmt: skip
     _same_run(one, two, "auc")
     a = pd.read_csv(tmp_path / "one" / "predictions.csv")
     b = pd.read_csv(tmp_path / "two" / "predictions.csv")
@@ -72,14 +85,10 @@ def test_torchrun_cox_survival_matches_one_process(small_survival, tmp_path):
     """Cox's partial likelihood does not split over bags: its risk sets span the whole batch,
     which the gathered-loss step keeps."""
     _, store, labels = small_survival
-    opts = dict(store=str(store), labels=str(labels), task="survival", survival_loss="cox")
-    opts.update(folds=3, epochs=4)
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("model_kwargs: {dropout: 0.0}\n")
-    one = _one_process(tmp_path / "one", model_kwargs={"dropout": 0.0}, **opts)
-    flags = ["--store", str(store), "--labels", str(labels), "--task", "survival"]
-    flags += ["--survival-loss", "cox", "--folds", "3", "--epochs", "4", "--config", str(cfg)]
-    two = _torchrun(flags, tmp_path / "two")
+    one, two = _both(
+        tmp_path, store=store, labels=labels, task="survival", survival_loss="cox", folds=3,
+        epochs=4, model_kwargs=NO_DROPOUT,
+    )  # fmt: skip
     _same_run(one, two, "c_index")
     a = pd.read_csv(tmp_path / "one" / "predictions.csv")
     b = pd.read_csv(tmp_path / "two" / "predictions.csv")
@@ -96,29 +105,13 @@ def test_torchrun_graph_fusion_matches_one_process(tmp_path):
     paths = co.save(tmp_path / "data")
     store = tmp_path / "data" / "s.zarr"
     wsimm.bags_to_store(co.bags, store)
-    kw = {"hidden": 16, "heads": 2, "dropout": 0.0, "modality_dropout": 0.25}
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"fusion_kwargs: {json.dumps(kw)}\nmodel_kwargs: {{dropout: 0.0}}\n")
-    inputs = dict(
-        store=str(store),
-        labels=str(paths["labels"]),
-        omics=str(paths["omics"]),
-        clinical=str(paths["clinical"]),
-        gene_groups=str(paths["gene_groups"]),
-    )
-    opts = dict(task="survival", survival_loss="cox", fusion="graph", folds=3, epochs=3)
-    one = _one_process(
-        tmp_path / "one",
-        baselines="omics_net",
-        fusion_kwargs=kw,
-        model_kwargs={"dropout": 0.0},
-        **inputs,
-        **opts,
-    )
-    flags = [x for k, v in inputs.items() for x in (f"--{k.replace('_', '-')}", v)]
-    flags += ["--task", "survival", "--survival-loss", "cox", "--fusion", "graph"]
-    flags += ["--folds", "3", "--epochs", "3", "--baselines", "omics_net", "--config", str(cfg)]
-    two = _torchrun(flags, tmp_path / "two")
+    one, two = _both(
+        tmp_path, store=store, labels=paths["labels"], omics=paths["omics"],
+        clinical=paths["clinical"], gene_groups=paths["gene_groups"], task="survival",
+        survival_loss="cox", fusion="graph", folds=3, epochs=3, baselines="omics_net",
+        fusion_kwargs={"hidden": 16, "heads": 2, "dropout": 0.0, "modality_dropout": 0.25},
+        model_kwargs=NO_DROPOUT,
+    )  # fmt: skip
     _same_run(one, two, "c_index")
     nets = (one["baselines"]["omics_net"]["folds"], two["baselines"]["omics_net"]["folds"])
     for a, b in zip(*nets, strict=True):  # the network baselines train data-parallel too
