@@ -7,9 +7,16 @@ scanpy); each name below is imported from its stage the first time it is used.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 from wsimm._version import __version__
+
+# PyTorch's CPU allocator backs large tensors with transparent huge pages when this is set
+# before torch's first allocation: a CNN encoder's 100 MB activations then cost far fewer page
+# faults (resnet50_trunc on 2 cores: 10.5 -> 13.5 tiles/s, system time 16 s -> 6 s per 320
+# tiles). Set THP_MEM_ALLOC_ENABLE=0 to keep torch's default; no effect once torch is imported.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 #: public name -> module that defines it
 _LAZY_IMPORTS: dict[str, str] = {
