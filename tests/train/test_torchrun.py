@@ -62,12 +62,13 @@ def _same_run(one: dict, two: dict, key: str) -> None:
 NO_DROPOUT = {"dropout": 0.0}
 
 
-def test_torchrun_abmil_grading_matches_one_process(small_grade, tmp_path):
+@pytest.mark.parametrize("model", ["abmil", "clam_mb"])  # CLAM: a per-bag instance loss too
+def test_torchrun_mil_grading_matches_one_process(small_grade, tmp_path, model):
     _, store, labels = small_grade
     # batch size 5 over 2 processes: uneven shards (3 + 2), and a last batch of one bag
     one, two = _both(
-        tmp_path, store=store, labels=labels, task="grade", folds=3, epochs=4, batch_size=5,
-        model_kwargs=NO_DROPOUT,
+        tmp_path, store=store, labels=labels, task="grade", model=model, folds=3, epochs=4,
+        batch_size=5, model_kwargs=NO_DROPOUT,
     )  # fmt: skip
     _same_run(one, two, "auc")
     a = pd.read_csv(tmp_path / "one" / "predictions.csv")

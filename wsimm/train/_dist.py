@@ -124,16 +124,16 @@ class Dist:
         off = sum(sizes[: self.rank])
         # DDP averages gradients over ranks: scale by world so the average is dL/dθ
         step = self.world * (local * grad[off : off + n_local]).sum() + 0.0 * outputs.sum()
-        value = float(main.detach())
+        share = n_local / max(n_batch, 1)
         if aux is not None:
-            share = n_local / max(n_batch, 1)
             step = step + aux_weight * aux * (self.world * share)
-            part = torch.tensor([float(aux.detach()) * share], dtype=torch.float64)
-            if outputs.is_cuda:
-                part = part.to(outputs.device)
-            dist.all_reduce(part)
-            value += aux_weight * float(part.item())
-        return step, value
+        # every rank joins this reduction, also one whose shard gave no auxiliary loss (a
+        # fusion shard without slides), so the collectives stay in step
+        part = torch.tensor([0.0 if aux is None else float(aux.detach()) * share])
+        if outputs.is_cuda:  # NCCL reduces device tensors
+            part = part.to(outputs.device)
+        dist.all_reduce(part)
+        return step, float(main.detach()) + aux_weight * float(part.item())
 
     def wrap(self, model, *, partial: bool = False):
         """``model`` in DistributedDataParallel (itself when not distributed). ``partial``:
@@ -146,12 +146,6 @@ class Dist:
         dev = next(model.parameters()).device
         ids = [dev.index] if dev.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=partial)
-
-    def barrier(self) -> None:
-        if self.active:
-            import torch.distributed as dist
-
-            dist.barrier()
 
 
 def current() -> Dist:

@@ -393,7 +393,7 @@ def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, r
             keep = _keep_masks(b, net.mods, p_drop, draw[off:])
             out = ddp(b, runner.tiles(b, max_tiles=cfg.max_tiles, seed=tile_seed), keep=keep)
             whole = torch.cat([g_tr[j].pidx for j in idx]).to(device)
-            aux_w = net.mil.aux_weight if out.aux_loss is not None else 0.0
+            aux_w = float(getattr(getattr(net, "mil", None), "aux_weight", 0.0) or 0.0)
             loss, value = job.batch_loss(
                 out.logits,
                 len(idx),
