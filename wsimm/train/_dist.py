@@ -48,10 +48,18 @@ class Dist:
         return [len(c) for c in np.array_split(np.arange(n), self.world)]
 
     def shard(self, items: Sequence[Any]) -> tuple[list[Any], int]:
-        """This rank's contiguous share of ``items`` and its offset in them."""
+        """This rank's contiguous share of ``items`` and its offset in them (all of them,
+        at 0, when not distributed)."""
         sizes = self.sizes(len(items))
         off = sum(sizes[: self.rank])
         return list(items[off : off + sizes[self.rank]]), off
+
+    def step_items(self, batch: Sequence[Any]) -> tuple[list[Any], int]:
+        """The items this rank runs for one training batch and their offset in it: its
+        shard, or the batch's first item as a stand-in when the shard is empty (every rank
+        must take part in each step; :meth:`batch_loss` gives the stand-in no weight)."""
+        mine, off = self.shard(batch)
+        return (mine, off) if mine else ([batch[0]], 0)
 
     # -- collectives --------------------------------------------------------------------------
     def gather_objects(self, obj: Any) -> list[Any]:

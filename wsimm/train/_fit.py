@@ -158,6 +158,14 @@ def fit_fold(
     tg_tr, tg_va = objective.targets(tr, device), objective.targets(va, device)
     train_ids, val_ids = tr["patient_id"].tolist(), va["patient_id"].tolist()
 
+    def logits_of(ids: list[str], **kw) -> np.ndarray:
+        """Eval-mode outputs, the patients shared out between torchrun's processes."""
+        (lg,) = job.map_rows(
+            lambda part: fm.outputs(source, part, device=device, workers=cfg.workers, **kw)[:1],
+            ids,
+        )
+        return lg
+
     net = job.wrap(model, partial=hasattr(model, "instance"))  # DDP under torchrun
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = math.ceil(len(train_ids) / cfg.batch_size)
@@ -178,8 +186,8 @@ def fit_fold(
             perm = rng.permutation(len(train_ids))
         order = [perm[i : i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size)]
         seeds = rng.integers(0, 2**31, len(order))
-        # under torchrun each process takes its shard of every batch (a stand-in bag if empty)
-        local = [job.shard(o)[0] or [o[0]] for o in order] if job.active else order
+        # under torchrun each process takes its shard of every batch
+        local = [job.step_items(o)[0] for o in order]
         total, n_seen = 0.0, 0
         for j, b in enumerate(
             source.batches(
@@ -209,12 +217,7 @@ def fit_fold(
             sched.step()
             total += value * len(order[j])
             n_seen += len(order[j])
-        (val_logits,) = job.map_rows(
-            lambda ids: fm.outputs(
-                source, ids, device=device, batch_size=cfg.batch_size, workers=cfg.workers
-            )[:1],
-            val_ids,
-        )
+        val_logits = logits_of(val_ids, batch_size=cfg.batch_size)
         with torch.no_grad():
             vl = torch.as_tensor(val_logits, device=device)
             val_loss = float(objective(vl, tg_va, torch.arange(len(val_ids), device=device)))
@@ -227,10 +230,7 @@ def fit_fold(
 
     if cfg.task == "survival":
         # the risk-group cut and (Cox) the baseline hazard come from training patients
-        (tr_logits,) = job.map_rows(
-            lambda ids: fm.outputs(source, ids, device=device, workers=cfg.workers)[:1],
-            train_ids,
-        )
+        tr_logits = logits_of(train_ids)
         tr_risk = fm.risk(tr_logits)
         fm.meta["train_risk_median"] = float(np.median(tr_risk))
         if bins is None:
@@ -238,9 +238,7 @@ def fit_fold(
     fm.meta["best_epoch"] = sel.best_epoch
 
     test_ids = te["patient_id"].tolist()
-    (logits,) = job.map_rows(
-        lambda ids: fm.outputs(source, ids, device=device, workers=cfg.workers)[:1], test_ids
-    )
+    logits = logits_of(test_ids)
     metrics = _score(fm, te, logits, tr)
     preds = _prediction_rows(fm, te, logits, fold)
     return FoldResult(

@@ -386,9 +386,7 @@ def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, r
                 continue
             draw = torch.rand(len(idx), n_types, generator=gen)
             tile_seed = int(rng.integers(0, 2**31))
-            mine, off = job.shard(list(idx)) if job.active else (list(idx), 0)
-            if not mine:  # this process's shard is empty: a stand-in that counts for nothing
-                mine, off = [idx[0]], 0
+            mine, off = job.step_items(list(idx))  # this process's shard of the batch
             b = Batch.from_data_list([g_tr[j] for j in mine]).to(device)
             keep = _keep_masks(b, net.mods, p_drop, draw[off:])
             out = ddp(b, runner.tiles(b, max_tiles=cfg.max_tiles, seed=tile_seed), keep=keep)
@@ -554,10 +552,10 @@ def run_baselines(
             rows.append({"fold": k, **res.metrics, "best_epoch": res.best_epoch})
             preds.append(res.predictions)
         d = out / "baselines" / name
-        if current().main:
+        if current().main:  # under torchrun, rank 0 writes
             d.mkdir(parents=True, exist_ok=True)
-        if preds and current().main:
-            pd.concat(preds, ignore_index=True).to_csv(d / "predictions.csv", index=False)
+            if preds:
+                pd.concat(preds, ignore_index=True).to_csv(d / "predictions.csv", index=False)
         mean, std = summarise_folds(cfg.task, rows)
         results[name] = {"folds": rows, "mean": mean, "std": std, "failed": failed}
     return results

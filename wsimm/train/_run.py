@@ -190,13 +190,13 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
                     continue
                 fdir = out / f"fold_{k}"
                 res.model.meta["classes"] = ex.classes
-                if job.main and fd is None:
-                    res.model.save(fdir)
-                    res.history.to_csv(fdir / "history.csv", index=False)
-                elif job.main:
-                    from wsimm.train._fusion import save_fusion_fold
+                if job.main:
+                    if fd is None:
+                        res.model.save(fdir)
+                    else:
+                        from wsimm.train._fusion import save_fusion_fold
 
-                    save_fusion_fold(res, fdir)
+                        save_fusion_fold(res, fdir)
                     res.history.to_csv(fdir / "history.csv", index=False)
                 fold_rows.append(
                     {
