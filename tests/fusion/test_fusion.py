@@ -49,11 +49,11 @@ def _mods(co, paths) -> Modalities:
     )
 
 
-def _net(mods, pre, fusion, slide_dim=16, **kw):
+def _net(mods, pre, fusion, slide_dim=16, n_outputs=3, **kw):
     spec = FusionSpec(
         fusion=fusion,
         modalities=mods.names,
-        n_outputs=3,
+        n_outputs=n_outputs,
         kind_genes=[p.shape[1] for p in pre.proj] or [len(g) for *_, g in pre.kinds],
         assays=[a for _, a, _ in pre.kinds],
         n_clinical=len(pre.clinical_columns),
@@ -209,3 +209,45 @@ def test_hgt_layers_run(cohort):
     assert out.logits.shape == (len(pids), 3)
     out.logits.sum().backward()
     assert net.kind_nets[0][0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("task", ["survival", "grade"])
+def test_wide_part_is_the_linear_model(cohort, task):
+    """A network with a wide part starts as exactly the fitted linear model (Cox risk, or
+    class probabilities), and leaving a modality out takes its linear term away."""
+    pytest.importorskip("lifelines")
+    from wsimm.fusion import LinearBaseline, design_matrix
+
+    co, paths = cohort
+    mods = _mods(co, paths)
+    mods.slides = {}
+    pids = co.patients["patient_id"].tolist()
+    table = co.labels.drop_duplicates("patient_id").set_index("patient_id").loc[pids]
+    table = table.reset_index().rename(columns={"grade": "y"})
+    assert table["y"].nunique() == 3
+    pre = Preprocessor.fit(mods, pids, group_pcs=4)
+    k = 1 if task == "survival" else 3
+    lb = LinearBaseline(task, use_omics=True).fit(mods, pre, table, n_classes=k)
+    net = _net(mods, pre, "graph", hidden=16, heads=2, n_outputs=k, wide=True,
+               wide_genes={a: len(g) for a, g in pre.genes.items()})  # fmt: skip
+    net.set_wide(lb.wide_weights(k))
+    net.eval()
+    b = Batch.from_data_list(build_graphs(mods, pre, pids, slide_index={}))
+    no_clin = {"clinical": torch.zeros(b["clinical"].num_nodes, dtype=torch.bool)}
+    with torch.no_grad():
+        logits = net(b).logits.double().numpy()
+        omics_only = net(b, keep=no_clin).logits.double().numpy()
+    has = np.isin(pids, mods.omics.patients)
+    assert has.sum() >= 10 and (~has).sum() >= 1  # some patients lack omics
+    want = lb.predict(pids)
+    if task == "survival":  # the deep part starts at zero: the output is the Cox risk
+        np.testing.assert_allclose(logits[has, 0], want[has], atol=1e-4)
+        X = design_matrix(mods, pre, pids, pca=lb.pca)[lb.columns]
+        pc = [i for i, c in enumerate(lb.columns) if c.startswith("PC")]
+        np.testing.assert_allclose(
+            omics_only[has, 0], X.to_numpy()[has][:, pc] @ lb.coef[pc], atol=1e-4
+        )
+        np.testing.assert_allclose(omics_only[~has, 0], 0.0, atol=1e-6)
+    else:
+        p = torch.softmax(torch.as_tensor(logits), 1).numpy()
+        np.testing.assert_allclose(p[has], want[has], atol=1e-4)

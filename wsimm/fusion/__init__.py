@@ -20,7 +20,7 @@ from wsimm.fusion._inputs import (
     read_gene_groups,
     read_omics,
 )
-from wsimm.fusion._linear import LinearBaseline, design_matrix
+from wsimm.fusion._linear import LinearBaseline, WideWeights, design_matrix
 from wsimm.fusion._model import FUSIONS, FusionEnsemble, FusionNet, FusionOutput, FusionSpec
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "Modalities",
     "Omics",
     "Preprocessor",
+    "WideWeights",
     "build_graphs",
     "design_matrix",
     "infer_clinical_types",

@@ -14,7 +14,7 @@ import pandas as pd
 from wsimm.errors import MissingDependencyError
 from wsimm.fusion._inputs import Modalities, Preprocessor
 
-__all__ = ["LinearBaseline", "design_matrix"]
+__all__ = ["LinearBaseline", "WideWeights", "design_matrix"]
 
 
 def design_matrix(
@@ -45,6 +45,20 @@ def omics_block(mods: Modalities, pre: Preprocessor, pids: list[str]) -> np.ndar
     """All standardised omics side by side, ``(patients, genes of every assay)``."""
     assert mods.omics is not None
     return np.concatenate([pre.omics_matrix(mods.omics, a, pids)[0] for a in pre.genes], 1)
+
+
+@dataclass
+class WideWeights:
+    """A linear model over a fusion network's inputs: ``num`` ``(clinical variables, K)``
+    times each standardised numeric value, ``cat`` ``(category slots, K)`` per category,
+    ``omics[assay]`` ``(genes, K)`` over the standardised genes minus ``omics_shift`` ``(K,)``
+    (the omics term of a patient at the training mean is 0), and ``bias`` ``(K,)``."""
+
+    num: np.ndarray
+    cat: np.ndarray
+    omics: dict[str, np.ndarray]
+    omics_shift: np.ndarray
+    bias: np.ndarray
 
 
 @dataclass
@@ -92,6 +106,51 @@ class LinearBaseline:
             self.model = LogisticRegression(C=1.0 / max(self.penalizer, 1e-6), max_iter=2000)
             self.model.fit(X.to_numpy() if len(self.columns) else np.zeros((len(X), 1)), y)
         return self
+
+    def wide_weights(self, n_outputs: int) -> WideWeights:
+        """This fitted model written over a fusion network's own inputs (standardised clinical
+        values and category slots, standardised genes per assay), so the network can carry it
+        as its wide part: the same linear predictor, ``n_outputs`` wide (a Cox risk is added
+        to every output; class logits column by column)."""
+        pre = self.pre
+        if self.task == "survival":
+            coef = self.coef[:, None] * np.ones((1, n_outputs))
+            bias = np.zeros(n_outputs)
+        else:
+            c = np.atleast_2d(self.model.coef_)
+            coef = np.zeros((len(self.columns), n_outputs))
+            bias = np.zeros(n_outputs)
+            cls = self.model.classes_
+            if c.shape[0] == 1:  # binary: one logit, for the second class
+                coef[:, cls[1]] = c[0]
+                bias[cls[1]] = self.model.intercept_[0]
+            else:
+                coef[:, cls] = c.T
+                bias[cls] = self.model.intercept_
+        w = dict(zip(self.columns, coef, strict=True))
+        offs, n_slots = pre.clinical_slots()
+        num = np.zeros((len(pre.clinical_columns), n_outputs))
+        cat = np.zeros((n_slots, n_outputs))
+        for i, c in enumerate(pre.clinical_columns):
+            if c in pre.clin_num:
+                num[i] = w.get(c, 0.0)
+            else:  # slot 0 is "unseen": no one-hot column, no weight
+                for j, cat_name in enumerate(pre.clin_cat[c]):
+                    cat[offs[c] + 1 + j] = w.get(f"{c}={cat_name}", 0.0)
+        omics: dict[str, np.ndarray] = {}
+        shift = np.zeros(n_outputs)
+        if self.pca is not None:
+            pcs = np.stack(
+                [w.get(f"PC{i + 1}", np.zeros(n_outputs)) for i in range(self.pca.n_components_)]
+            )
+            full = self.pca.components_.T @ pcs  # genes of every assay x outputs
+            shift = self.pca.mean_ @ full
+            start = 0
+            for a in pre.genes:
+                n = len(pre.genes[a])
+                omics[a] = full[start : start + n]
+                start += n
+        return WideWeights(num, cat, omics, shift, bias)
 
     def predict(self, pids: list[str]) -> np.ndarray:
         X = design_matrix(self.mods, self.pre, pids, pca=self.pca).reindex(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -54,6 +55,8 @@ class FusionSpec:
     dropout: float = 0.25
     modality_dropout: float = 0.25
     kron_dim: int = 16
+    wide: bool = False  # a linear model over the same inputs, added to the output
+    wide_genes: dict[str, int] | None = None  # genes per assay the wide part reads
 
     def validate(self) -> FusionSpec:
         if self.fusion not in FUSIONS:
@@ -133,6 +136,77 @@ class FusionNet(nn.Module):
                 )
                 self.reduce = nn.ModuleDict({m: nn.Linear(h, d) for m in self.mods})
                 self.head = self._head((d + 1) ** k)
+        if spec.wide:
+            self._build_wide(spec)
+
+    def _build_wide(self, spec: FusionSpec) -> None:
+        """Buffers of the wide (linear) part, filled by :meth:`set_wide`; the deep part's last
+        layer starts at zero, so training starts from the linear model and learns what it
+        misses."""
+        K = spec.n_outputs
+        z = torch.zeros
+        self.register_buffer("wide_bias", z(K))
+        if "clinical" in self.mods:
+            self.register_buffer("wide_num", z(max(1, spec.n_clinical), K))
+            self.register_buffer("wide_cat", z(max(1, spec.n_slots), K))
+        if "omics" in self.mods:
+            self.wide_assays = list(spec.wide_genes or {})
+            for i, a in enumerate(self.wide_assays):
+                self.register_buffer(f"wide_omics_{i}", z(spec.wide_genes[a], K))  # type: ignore[index]
+            self.register_buffer("wide_shift", z(K))
+        last = [self.head[-1]] if hasattr(self, "head") else list(self.heads_m.values())
+        for layer in last:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def set_wide(self, w) -> None:
+        """Load a :class:`~wsimm.fusion.WideWeights` (e.g. from
+        :meth:`wsimm.fusion.LinearBaseline.wide_weights`) into the wide part."""
+
+        def put(name: str, value) -> None:
+            buf = getattr(self, name)
+            v = torch.as_tensor(np.asarray(value), dtype=buf.dtype).reshape(buf.shape)
+            buf.copy_(v.to(buf.device))
+
+        put("wide_bias", w.bias)
+        if "clinical" in self.mods:
+            put("wide_num", w.num if len(w.num) else np.zeros(tuple(self.wide_num.shape)))
+            put("wide_cat", w.cat if len(w.cat) else np.zeros(tuple(self.wide_cat.shape)))
+        if "omics" in self.mods:
+            for i, a in enumerate(self.wide_assays):
+                name = f"wide_omics_{i}"
+                put(name, w.omics.get(a, np.zeros(tuple(getattr(self, name).shape))))
+            put("wide_shift", w.omics_shift)
+
+    def wide_terms(
+        self, data, keep: dict[str, Tensor] | None = None, B: int | None = None
+    ) -> dict[str, Tensor]:
+        """The wide part's output ``(B, K)`` per modality (and ``bias``); a modality whose
+        nodes are all left out (dropout, removal, absence) adds nothing."""
+        keep = keep or {}
+        B = int(data.num_graphs) if B is None else B
+        dev = self.patient_device
+        out = {"bias": self.wide_bias.expand(B, -1)}
+        if "clinical" in self.mods:
+            c = torch.zeros(B, self.spec.n_outputs, device=dev)
+            st = data["clinical"]
+            if st.num_nodes:
+                v = self.wide_num[st.var] * st.value[:, None] + self.wide_cat[st.slot]
+                k = keep.get("clinical")
+                c = c.index_add(0, st.batch, v if k is None else v * k[:, None])
+            out["clinical"] = c
+        if "omics" in self.mods:
+            o = torch.zeros(B, self.spec.n_outputs, device=dev)
+            st = data["gene_group"]
+            if st.num_nodes:
+                k = keep.get("gene_group", torch.ones(st.num_nodes, dtype=torch.bool, device=dev))
+                has = torch.zeros(B, device=dev).index_fill_(0, st.batch[k], 1.0)
+                o = o - self.wide_shift
+                for i, a in enumerate(self.wide_assays):
+                    o = o + getattr(data, f"omics_{a}") @ getattr(self, f"wide_omics_{i}")
+                o = o * has[:, None]
+            out["omics"] = o
+        return out
 
     def _head(self, n_in: int) -> nn.Sequential:
         h, p = self.spec.hidden, self.spec.dropout
@@ -243,10 +317,14 @@ class FusionNet(nn.Module):
         keep = keep or {}
         x, kind_all, aux = self._encode(data, tiles, keep)
         B = int(data.num_graphs)
+        weights = None
         if self.spec.fusion == "graph":
             logits, weights = self._graph_forward(data, x, keep, B)
-            return FusionOutput(logits, weights, aux)
-        return FusionOutput(self._flat_forward(data, x, kind_all, keep, B), None, aux)
+        else:
+            logits = self._flat_forward(data, x, kind_all, keep, B)
+        if self.spec.wide:
+            logits = logits + sum(self.wide_terms(data, keep, B).values())
+        return FusionOutput(logits, weights, aux)
 
     def _graph_forward(self, data, x, keep, B):
         from torch_geometric.utils import softmax
@@ -373,3 +451,7 @@ class FusionEnsemble(nn.Module):
                 t: torch.stack([o.weights[t] for o in outs]).mean(0) for t in outs[0].weights
             }
         return FusionOutput(logits, weights, None)
+
+    def wide_terms(self, data, keep=None, B=None) -> dict[str, Tensor]:
+        # every member carries the same fold's linear part
+        return self.members[0].wide_terms(data, keep, B)

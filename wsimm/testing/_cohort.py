@@ -120,6 +120,7 @@ def make_cohort(
     signal_fraction: float = 0.05,
     signal_strength: float = 3.0,
     slide_nuisance: float = 0.5,
+    slide_intensity: float = 0.0,
     p_no_slide: float = 0.1,
     p_multi_slide: float = 0.25,
     p_no_omics: float = 0.1,
@@ -148,7 +149,9 @@ def make_cohort(
         ``signal_fraction`` of a slide, more for higher ``z_slide``) are shifted by
         ``signal_strength`` along a fixed direction; every slide also gets a random offset of
         scale ``slide_nuisance`` (stain/scanner batch effect), which hurts mean pooling more
-        than attention.
+        than attention. With ``slide_intensity``, signal tiles are also shifted by
+        ``slide_intensity * z_slide`` along a second fixed direction (tumour morphology that
+        tracks the risk), so a slide carries its patient's risk and not only a noisy count.
     p_no_slide, p_multi_slide, p_no_omics
         Missing and repeated modalities.
     censoring
@@ -238,6 +241,9 @@ def make_cohort(
         n_slides[:] = 0
     direction = rng.standard_normal(feature_dim)
     direction /= np.linalg.norm(direction)
+    second = rng.standard_normal(feature_dim) if slide_intensity else np.zeros(feature_dim)
+    second -= (second @ direction) * direction
+    second /= max(float(np.linalg.norm(second)), 1e-12)
     zs = z[:, 0]
     strength = 2 * _norm_cdf(zs)  # 0..2, mean 1
     rows = []
@@ -257,7 +263,7 @@ def make_cohort(
                 sig = rng.uniform(size=nt) < frac
                 x = rng.standard_normal((nt, feature_dim))
                 x += slide_nuisance * rng.standard_normal(feature_dim)
-                x[sig] += signal_strength * direction
+                x[sig] += signal_strength * direction + slide_intensity * zs[i] * second
                 bags[sid] = x.astype(np.float16)
                 tile_signal[sid] = sig
             elif slides == "files":

@@ -3,7 +3,9 @@ to them on the same folds: linear clinical and clinical+omics(PCA) models, singl
 networks, and the late / concatenation / Kronecker fusions.
 
 Everything a fold fits (omics and clinical normalisation, category vocabularies, PCA, tile
-normalisation, time bins, the Cox baseline hazard) sees only that fold's training patients.
+normalisation, time bins, the Cox baseline hazard) sees only that fold's training patients;
+the graph fusion's linear (wide) part is refitted on training + validation patients once the
+epoch is chosen, as the linear baselines are. No test patient is seen by any of it.
 """
 
 from __future__ import annotations
@@ -164,7 +166,15 @@ class _Net:
                 }
                 out = self.net(b, self.tiles(b) if "slide" not in remove else None, keep=keep)
                 logits.append(out.logits.float().cpu().numpy())
-                weights.append(_weights_per_patient(b, out.weights, self, keep))
+                ws = _weights_per_patient(b, out.weights, self, keep)
+                if self.net.spec.wide:  # each modality's term of the linear part
+                    terms = self.net.wide_terms(b, keep)
+                    for j in range(len(ws)):
+                        ws[j] = ws[j] or {"modality": {}, "nodes": {}}
+                        ws[j]["linear"] = {
+                            m: terms[m][j].float().cpu().tolist() for m in terms if m != "bias"
+                        }
+                weights.append(ws)
         n_out = self.net.spec.n_outputs
         lg = np.concatenate(logits) if logits else np.zeros((0, n_out), np.float32)
         return lg, [w for ws in weights for w in ws]
@@ -250,6 +260,8 @@ def fit_fusion_fold(
     kw = dict(cfg.fusion_kwargs)
     group_pcs = kw.pop("group_pcs", 8)
     n_models = int(kw.pop("ensemble", 1))
+    wide_mods = [m for m in modalities if m in ("omics", "clinical")]
+    wide = bool(kw.pop("wide", fusion == "graph")) and bool(wide_mods)
     pre = Preprocessor.fit(mods, train_ids, group_pcs=group_pcs)
     graphs = build_graphs(mods, pre, all_ids, slide_index=fd.slide_index, use=tuple(modalities))
     g_tr, g_va, g_te = (
@@ -272,8 +284,11 @@ def fit_fusion_fold(
         slide_dim=fd.source.dim if fd.source is not None else 0,
         slide_model=cfg.model,
         slide_model_kwargs=cfg.model_kwargs,
+        wide=wide,
+        wide_genes={a: len(g) for a, g in pre.genes.items()} if "omics" in modalities else None,
         **kw,
     )
+    wide_w = _fit_wide(cfg, mods, pre, tr, wide_mods, n_out, fold) if wide else None
     index = [[pre.genes[a].index(x) for x in genes] for _, a, genes in pre.kinds]
     all_tab = pd.concat([tr, va, te], ignore_index=True)
     objective = _Objective(cfg, tr, bins, n_out)
@@ -291,6 +306,8 @@ def fit_fusion_fold(
         torch.manual_seed(seed + 7919 * member)
         net = FusionNet(spec)
         net.set_gene_index(index, pre.proj)
+        if wide_w is not None:
+            net.set_wide(wide_w)
         net.to(device)
         hist, member_best = _fit_member(
             cfg,
@@ -311,6 +328,11 @@ def fit_fusion_fold(
         members.append(net)
     if bar is not None:
         bar.update(task_id, completed=cfg.epochs * n_models)
+    if wide_w is not None:  # the epoch is chosen: refit the linear part on train + validation
+        trva = pd.concat([tr, va], ignore_index=True)
+        wide_w = _fit_wide(cfg, mods, pre, trva, wide_mods, n_out, fold, refit=True) or wide_w
+        for m in members:
+            m.set_wide(wide_w)
     net = members[0] if n_models == 1 else FusionEnsemble(members)
     runner = _Net(net, pre, fd, norm, device)
     fm.model = net
@@ -343,15 +365,49 @@ def fit_fusion_fold(
             lg, _ = runner.run(g_te, remove=(m,), batch_size=bs)
             metrics[f"{key}_without_{m}"] = _score(fm, te, lg, tr)[key]
     preds = _prediction_rows(fm, te, logits, fold)
-    if any(w is not None for w in weights):
+    if any((w or {}).get("modality") for w in weights):
         for m in modalities:
             preds[f"weight_{m}"] = [(w or {}).get("modality", {}).get(m, np.nan) for w in weights]
+    if spec.wide and cfg.task == "survival":  # a risk term per modality (every bin: nll)
+        for m in wide_mods:
+            preds[f"linear_{m}"] = [
+                (w or {}).get("linear", {}).get(m, [np.nan])[0] for w in weights
+            ]
     res = FoldResult(fold, fm, metrics, preds, pd.DataFrame(history), best_epoch, train_ids)  # type: ignore[arg-type]
     res.explanations = {  # type: ignore[attr-defined]
         pid: _explain(w) for pid, w in zip(test_ids, weights, strict=True) if w is not None
     }
     res.preprocess = pre  # type: ignore[attr-defined]
     return res
+
+
+def _fit_wide(
+    cfg, mods, pre, tr: pd.DataFrame, wide_mods: list[str], n_out: int, fold: int, refit=False
+):
+    """The wide part of a fold's network: the linear model (penalised Cox, or multinomial
+    logistic regression) on the modalities in ``wide_mods``, fitted on the patients in ``tr``
+    (the training patients; with ``refit``, training + validation once the epoch is chosen),
+    written over the network's inputs."""
+    from wsimm.fusion import LinearBaseline
+
+    view = Modalities(
+        omics=mods.omics if "omics" in wide_mods else None,
+        clinical=mods.clinical if "clinical" in wide_mods else None,
+        clinical_spec=mods.clinical_spec,
+    )
+    n_classes = n_out if cfg.task == "grade" else 0
+    try:
+        lb = LinearBaseline(cfg.task, use_omics="omics" in wide_mods).fit(view, pre, tr, n_classes)
+    except Exception as e:  # the deep part still trains; say why
+        warnings.warn(
+            f"fold {fold}: the fusion network's linear (wide) part could not be "
+            f"{'refitted' if refit else 'fitted'} ({type(e).__name__}: {e}); "
+            + ("it keeps the fit on training patients" if refit else "the fold trains without it"),
+            WsimmWarning,
+            stacklevel=2,
+        )
+        return None
+    return lb.wide_weights(n_out)
 
 
 def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, rng, gen, bar):
@@ -375,6 +431,15 @@ def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, r
     fm.model = net
     sel = EpochSelection(cfg.patience, bar=bar, task_id=task_id)
     val_idx = torch.arange(len(tr), len(tr) + len(va), device=device)
+
+    def validate():
+        vl_logits, _ = runner.run(g_va, batch_size=bs)
+        with torch.no_grad():
+            val_loss = float(objective(torch.as_tensor(vl_logits, device=device), tg, val_idx))
+        return val_loss, _score(fm, va, vl_logits, tr, full=False)
+
+    if net.spec.wide:  # the linear part alone is the first candidate
+        sel.start(net, *validate())
     n_types = len(net.mods)
     for epoch in range(cfg.epochs):
         ddp.train()
@@ -405,10 +470,7 @@ def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, r
             sched.step()
             total += value * len(idx)
             seen += len(idx)
-        vl_logits, _ = runner.run(g_va, batch_size=bs)
-        with torch.no_grad():
-            val_loss = float(objective(torch.as_tensor(vl_logits, device=device), tg, val_idx))
-        scores = _score(fm, va, vl_logits, tr, full=False)
+        val_loss, scores = validate()
         if sel.end_epoch(net, epoch, total / max(seen, 1), val_loss, scores):
             if bar is not None:
                 bar.update(task_id, advance=cfg.epochs - epoch - 1)
@@ -419,6 +481,8 @@ def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, r
 
 def _explain(w: dict, top: int = 5) -> dict:
     out = {"modality_weights": w["modality"]}
+    if "linear" in w:  # per modality, its term of the linear part (one value per output)
+        out["linear_terms"] = w["linear"]
     for m, nodes in w["nodes"].items():
         ranked = sorted(nodes.items(), key=lambda kv: -kv[1])[:top]
         out[f"top_{m}"] = [[k, round(v, 5)] for k, v in ranked]
