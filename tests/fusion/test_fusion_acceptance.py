@@ -70,6 +70,14 @@ def _run(split_risk, task: str):
     )
     assert not res.failed
     assert set(res.predictions["patient_id"]) == set(co.patients["patient_id"])
+    print(pd.read_csv(res.out / "comparison.csv").to_string(index=False))  # shown with -rP
+    print(
+        {
+            k: round(v, 4)
+            for k, v in res.metrics["mean"].items()
+            if k.startswith(("c_", "auc", "kappa"))
+        }
+    )
     return res
 
 

@@ -45,6 +45,7 @@ def test_graph_fusion_beats_clinical_cox_and_omics_net(cohort, tmp_path):
         quiet=True,
     )
     m = res.metrics
+    print(cohort, "\n", (res.out / "comparison.csv").read_text())  # shown with -rP
     assert not res.failed and len(m["folds"]) == 5
     fused = m["mean"]["c_index"]
     cox = m["baselines"]["clinical_cox"]["mean"]["c_index"]

@@ -98,16 +98,6 @@ class EpochSelection:
             self.bar.update(self.task_id, advance=1, rate=f"val loss {val_loss:.3f}")
         return epoch - self.best_epoch >= self.patience
 
-    def start(self, model, val_loss: float, val_scores: dict) -> None:
-        """Book the untrained model as epoch -1, a candidate the trained epochs must beat on
-        validation (a fusion network whose deep part starts at zero is its linear part)."""
-        row = {"epoch": -1, "train_loss": math.nan, "val_loss": val_loss}
-        row.update({f"val_{k}": v for k, v in val_scores.items()})
-        self.history.append(row)
-        if math.isfinite(val_loss):
-            self.best_loss, self.best_epoch = val_loss, -1
-            self._state = copy.deepcopy(model.state_dict())
-
     def restore(self, model) -> None:
         """Load the kept weights into ``model``."""
         model.load_state_dict(self._state)

@@ -438,8 +438,6 @@ def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, r
             val_loss = float(objective(torch.as_tensor(vl_logits, device=device), tg, val_idx))
         return val_loss, _score(fm, va, vl_logits, tr, full=False)
 
-    if net.spec.wide:  # the linear part alone is the first candidate
-        sel.start(net, *validate())
     n_types = len(net.mods)
     for epoch in range(cfg.epochs):
         ddp.train()
