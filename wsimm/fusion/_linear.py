@@ -117,7 +117,7 @@ class LinearBaseline:
             coef = self.coef[:, None] * np.ones((1, n_outputs))
             bias = np.zeros(n_outputs)
         else:
-            c = np.atleast_2d(self.model.coef_)
+            c = np.atleast_2d(self.model.coef_)[:, : len(self.columns)]  # no columns: none
             coef = np.zeros((len(self.columns), n_outputs))
             bias = np.zeros(n_outputs)
             cls = self.model.classes_

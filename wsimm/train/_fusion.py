@@ -398,6 +398,7 @@ def _fit_wide(
     n_classes = n_out if cfg.task == "grade" else 0
     try:
         lb = LinearBaseline(cfg.task, use_omics="omics" in wide_mods).fit(view, pre, tr, n_classes)
+        return lb.wide_weights(n_out)
     except Exception as e:  # the deep part still trains; say why
         warnings.warn(
             f"fold {fold}: the fusion network's linear (wide) part could not be "
@@ -407,7 +408,6 @@ def _fit_wide(
             stacklevel=2,
         )
         return None
-    return lb.wide_weights(n_out)
 
 
 def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, rng, gen, bar):
