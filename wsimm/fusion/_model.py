@@ -27,11 +27,14 @@ MODALITY_NODE = {"slide": "slide", "omics": "gene_group", "clinical": "clinical"
 
 class FusionOutput(NamedTuple):
     """``logits`` ``(B, n_outputs)``; ``weights`` per node type the readout attention of each
-    node (graph fusion; ``None`` otherwise); ``aux_loss`` from the slide MIL model or ``None``."""
+    node (graph fusion; ``None`` otherwise); ``aux_loss`` from the slide MIL model or ``None``;
+    ``wide`` the linear part's ``(B, n_outputs)`` term per modality (and ``bias``), already
+    in ``logits`` (``None`` without a wide part)."""
 
     logits: Tensor
     weights: dict[str, Tensor] | None
     aux_loss: Tensor | None
+    wide: dict[str, Tensor] | None = None
 
 
 @dataclass
@@ -322,9 +325,10 @@ class FusionNet(nn.Module):
             logits, weights = self._graph_forward(data, x, keep, B)
         else:
             logits = self._flat_forward(data, x, kind_all, keep, B)
-        if self.spec.wide:
-            logits = logits + sum(self.wide_terms(data, keep, B).values())
-        return FusionOutput(logits, weights, aux)
+        wide = self.wide_terms(data, keep, B) if self.spec.wide else None
+        if wide is not None:
+            logits = logits + sum(wide.values())
+        return FusionOutput(logits, weights, aux, wide)
 
     def _graph_forward(self, data, x, keep, B):
         from torch_geometric.utils import softmax
@@ -450,8 +454,5 @@ class FusionEnsemble(nn.Module):
             weights = {
                 t: torch.stack([o.weights[t] for o in outs]).mean(0) for t in outs[0].weights
             }
-        return FusionOutput(logits, weights, None)
-
-    def wide_terms(self, data, keep=None, B=None) -> dict[str, Tensor]:
         # every member carries the same fold's linear part
-        return self.members[0].wide_terms(data, keep, B)
+        return FusionOutput(logits, weights, None, outs[0].wide)

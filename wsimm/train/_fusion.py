@@ -167,8 +167,8 @@ class _Net:
                 out = self.net(b, self.tiles(b) if "slide" not in remove else None, keep=keep)
                 logits.append(out.logits.float().cpu().numpy())
                 ws = _weights_per_patient(b, out.weights, self, keep)
-                if self.net.spec.wide:  # each modality's term of the linear part
-                    terms = self.net.wide_terms(b, keep)
+                if out.wide is not None:  # each modality's term of the linear part
+                    terms = out.wide
                     for j in range(len(ws)):
                         ws[j] = ws[j] or {"modality": {}, "nodes": {}}
                         ws[j]["linear"] = {
@@ -431,13 +431,6 @@ def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, r
     fm.model = net
     sel = EpochSelection(cfg.patience, bar=bar, task_id=task_id)
     val_idx = torch.arange(len(tr), len(tr) + len(va), device=device)
-
-    def validate():
-        vl_logits, _ = runner.run(g_va, batch_size=bs)
-        with torch.no_grad():
-            val_loss = float(objective(torch.as_tensor(vl_logits, device=device), tg, val_idx))
-        return val_loss, _score(fm, va, vl_logits, tr, full=False)
-
     n_types = len(net.mods)
     for epoch in range(cfg.epochs):
         ddp.train()
@@ -468,7 +461,10 @@ def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, r
             sched.step()
             total += value * len(idx)
             seen += len(idx)
-        val_loss, scores = validate()
+        vl_logits, _ = runner.run(g_va, batch_size=bs)
+        with torch.no_grad():
+            val_loss = float(objective(torch.as_tensor(vl_logits, device=device), tg, val_idx))
+        scores = _score(fm, va, vl_logits, tr, full=False)
         if sel.end_epoch(net, epoch, total / max(seen, 1), val_loss, scores):
             if bar is not None:
                 bar.update(task_id, advance=cfg.epochs - epoch - 1)
