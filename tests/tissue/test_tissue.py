@@ -60,3 +60,47 @@ def test_fluorescence_uses_brightness():
     with open_slide(shared_slide("hamamatsu-test3-DAPI-2-387.ndpi")) as s:
         tm = detect_tissue(s)
     assert tm.method == "otsu-brightness" and tm.mask.any()
+
+
+def test_hole_filling_matches_scipy_and_keeps_large_holes():
+    from scipy import ndimage
+
+    from wsimm.tissue._detect import _fill_small_holes
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask = rng.random((64, 80)) < rng.uniform(0.3, 0.8)
+        np.testing.assert_array_equal(
+            _fill_small_holes(mask, np.inf), ndimage.binary_fill_holes(mask)
+        )
+    ring = np.zeros((40, 40), bool)
+    ring[5:35, 5:35] = True
+    ring[10:30, 10:30] = False  # a 400-px hole
+    ring[7, 7] = False  # a 1-px hole
+    out = _fill_small_holes(ring, 100)
+    assert out[7, 7] and not out[10:30, 10:30].any()
+
+
+def test_otsu_on_uint8_equals_float_histogram():
+    from wsimm.tissue._detect import _above, _otsu
+
+    def reference(u):
+        val = u.astype(np.float32) / 255.0
+        hist, edges = np.histogram(val, bins=256, range=(0.0, 1.0))
+        hist = hist.astype(np.float64)
+        centers = (edges[:-1] + edges[1:]) / 2
+        w0 = np.cumsum(hist)
+        w1 = w0[-1] - w0
+        m0 = np.cumsum(hist * centers)
+        between = w0 * w1 * (m0 / np.maximum(w0, 1) - (m0[-1] - m0) / np.maximum(w1, 1)) ** 2
+        thr = float(edges[int(np.argmax(between)) + 1])
+        return thr, val > thr
+
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        u = np.concatenate([rng.normal(30, 10, 5000), rng.normal(rng.uniform(80, 200), 20, 3000)])
+        u = np.clip(u, 0, 255).astype(np.uint8).reshape(100, 80)
+        thr, mask = reference(u)
+        assert _otsu(u) == thr
+        np.testing.assert_array_equal(_above(u, thr), mask)
+    assert not _above(np.full((4, 4), 255, np.uint8), 1.0).any()

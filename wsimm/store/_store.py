@@ -206,8 +206,11 @@ class FeatureStore:
             "tissue_fraction", shape=(n,), dtype="float16", chunks=(max(1, min(n, rows * 16)),)
         )[...] = np.asarray(tissue_fraction, np.float16)
         m = sg.create_array(
-            "tissue_mask", shape=tissue_mask.shape, dtype="uint8", chunks=tissue_mask.shape
-        )
+            "tissue_mask",
+            shape=tissue_mask.shape,
+            dtype="uint8",
+            chunks=tuple(max(1, min(1024, d)) for d in tissue_mask.shape),
+        )  # chunked so zarr compresses the pieces concurrently
         m[...] = tissue_mask.astype(np.uint8)
         m.attrs["downsample"] = float(mask_downsample)
 

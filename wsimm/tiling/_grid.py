@@ -119,6 +119,18 @@ def _best_level(level_downsamples: tuple[float, ...], want: float) -> int:
     return best
 
 
+def _integral(mask: np.ndarray) -> np.ndarray:
+    """Summed-area table of a mask with a zero first row and column, ``(h + 1, w + 1)``:
+    OpenCV's integral image (exact integer counts) for boolean masks under 2**31 pixels, a
+    float64 cumulative sum otherwise."""
+    cv2 = _cv2()
+    if cv2 is not None and mask.dtype == np.bool_ and 0 < mask.size < 2**31:
+        return cv2.integral(np.ascontiguousarray(mask).view(np.uint8), sdepth=cv2.CV_32S)
+    sat = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1))
+    sat[1:, 1:] = np.asarray(mask, dtype=np.float64).cumsum(0).cumsum(1)
+    return sat
+
+
 def tissue_fractions(
     mask: np.ndarray, mask_downsample: float, coords: np.ndarray, size0: float
 ) -> np.ndarray:
@@ -127,10 +139,9 @@ def tissue_fractions(
     Uses a summed-area table interpolated bilinearly, which integrates the piecewise-constant
     mask exactly over fractional boxes.
     """
-    m = np.asarray(mask, dtype=np.float64)
+    m = np.asarray(mask)
     h, w = m.shape
-    sat = np.zeros((h + 1, w + 1))
-    sat[1:, 1:] = m.cumsum(0).cumsum(1)
+    sat = _integral(m)
 
     def area_to(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         x = np.clip(x, 0, w)
@@ -196,33 +207,58 @@ def plan_grid(
     )
 
 
-def read_tile(slide: Any, grid: TileGrid, xy: tuple[int, int], *, reader: Any = None) -> np.ndarray:
+def read_tile(
+    slide: Any,
+    grid: TileGrid,
+    xy: tuple[int, int],
+    *,
+    reader: Any = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Read one tile at exactly ``grid.spec.mpp``: ``(tile_px, tile_px, 3)`` uint8.
 
     Reads ``grid.read_size`` pixels at ``grid.level`` and resamples the exact fractional
     extent ``size0 / level_downsample`` to ``tile_px`` (area filter when shrinking, bilinear
     when enlarging). When the extent is already ``tile_px`` no resampling happens.
     ``reader`` (a :class:`~wsimm.tiling.TiffTileReader` for ``grid.level``) replaces
-    ``slide.read_region`` with a reader that decodes each TIFF tile once.
+    ``slide.read_region`` with a reader that decodes each TIFF tile once. ``out`` (a
+    C-contiguous ``(tile_px, tile_px, 3)`` uint8 array, e.g. a row of a batch) receives the
+    tile and is returned, so a batch is filled without a fresh array per tile.
     """
     from PIL import Image
 
     t = grid.spec.tile_px
     n = grid.read_size
     src = reader if reader is not None else slide
-    region = src.read_region((int(xy[0]), int(xy[1])), grid.level, (n, n))
     extent = grid.size0 / grid.level_downsample
-    if n == t and abs(extent - t) < 1e-6:
+    aligned = n == t and abs(extent - t) < 1e-6
+    if aligned and out is not None and reader is not None and reader.read_into(xy, out):
+        return out  # decoded in place
+    region = src.read_region((int(xy[0]), int(xy[1])), grid.level, (n, n))
+    if aligned:
+        if out is not None:
+            np.copyto(out, region)
+            return out
         return region if reader is None else region.copy()  # a reader reuses its buffer
     k = extent / t
     if n == round(extent) and abs(k - round(k)) < 1e-9 and _cv2() is not None:
         # integer factor: the exact mean of k x k blocks, rounded (a test checks), in
         # OpenCV's SIMD kernel: several times faster than PIL, whose fixed-point BOX filter
         # is off by up to 1
-        return _cv2().resize(region, (t, t), interpolation=_cv2().INTER_AREA)
+        cv2 = _cv2()
+        if out is not None:
+            r = cv2.resize(region, (t, t), dst=out, interpolation=cv2.INTER_AREA)
+            if not np.shares_memory(r, out):  # OpenCV allocated instead (non-contiguous out)
+                np.copyto(out, r)
+            return out
+        return cv2.resize(region, (t, t), interpolation=cv2.INTER_AREA)
     img = Image.fromarray(region)
     resample = Image.Resampling.BILINEAR if extent < t else Image.Resampling.BOX
-    return np.asarray(img.resize((t, t), resample, box=(0.0, 0.0, extent, extent)))
+    tile = np.asarray(img.resize((t, t), resample, box=(0.0, 0.0, extent, extent)))
+    if out is not None:
+        np.copyto(out, tile)
+        return out
+    return tile
 
 
 def read_tiles(
@@ -236,12 +272,19 @@ def read_tiles(
     coords = grid.coords if coords is None else coords
     t = grid.spec.tile_px
     reader = open_tile_reader(slide, grid.level)
+    if reader is not None and len(coords):
+        c = np.asarray(coords, np.float64)
+        n = grid.read_size
+        # the reads to come, in the reader's level pixels (as its read_region maps them)
+        reader.expect(
+            np.floor(c[:, 0] / reader.downsample), np.floor(c[:, 1] / reader.downsample), n, n
+        )
     try:
         for b0 in range(0, len(coords), batch_size):
             part = coords[b0 : b0 + batch_size]
             batch = np.empty((len(part), t, t, 3), np.uint8)
             for i, xy in enumerate(part):
-                batch[i] = read_tile(slide, grid, (int(xy[0]), int(xy[1])), reader=reader)
+                read_tile(slide, grid, (int(xy[0]), int(xy[1])), reader=reader, out=batch[i])
             yield batch
     finally:
         if reader is not None:

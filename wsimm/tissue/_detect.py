@@ -98,9 +98,21 @@ class TissueMask:
         return float(self.mask.sum()) * self.mpp * self.mpp
 
 
-def _otsu(values: np.ndarray, bins: int = 256) -> float:
-    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    hist = hist.astype(np.float64)
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of a uint8 image scaled to 0-1 (256 bins over [0, 1]): the upper
+    edge of the last bin of the lower class.
+
+    The histogram counts the 256 uint8 levels (OpenCV's ``calcHist``) and maps each level
+    ``v`` to its bin ``floor(v / 255 * 256)``: the same histogram as a float one of the full
+    image, without making that float image.
+    """
+    import cv2
+
+    levels = cv2.calcHist([np.ascontiguousarray(values)], [0], None, [256], [0, 256])
+    levels = levels.ravel().astype(np.float64)
+    bins = np.minimum((np.arange(256) * 256) // 255, 255)
+    hist = np.bincount(bins, weights=levels, minlength=256)
+    edges = np.linspace(0.0, 1.0, 257)
     centers = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(hist)
     w1 = w0[-1] - w0
@@ -109,6 +121,15 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
     mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
     between = w0 * w1 * (mu0 - mu1) ** 2
     return float(edges[int(np.argmax(between)) + 1])
+
+
+def _above(values: np.ndarray, thr: float) -> np.ndarray:
+    """``values / 255 > thr`` (in float32, as a float image would compare) for a uint8
+    image, done as one uint8 comparison."""
+    above = np.arange(256, dtype=np.float32) / np.float32(255.0) > np.float32(thr)
+    if not above.any():
+        return np.zeros(values.shape, bool)
+    return values >= int(np.argmax(above))
 
 
 def _disk(r: int) -> np.ndarray:
@@ -166,6 +187,57 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lab, stats[:, cv2.CC_STAT_AREA]
 
 
+def _fill_small_holes(mask: np.ndarray, max_px: float) -> np.ndarray:
+    """Fill the holes of ``mask`` smaller than ``max_px`` pixels.
+
+    A hole is a 4-connected piece of background that does not touch the image border (the
+    complement of 8-connected tissue, as ``scipy.ndimage.binary_fill_holes`` defines it):
+    one labelling pass of the background finds the holes and their sizes together.
+    """
+    import cv2
+
+    h, w = mask.shape
+    bg = (~mask).view(np.uint8)
+    _, lab, stats, _ = cv2.connectedComponentsWithStats(bg, connectivity=4)
+    left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    right = left + stats[:, cv2.CC_STAT_WIDTH]
+    bottom = top + stats[:, cv2.CC_STAT_HEIGHT]
+    inner = (left > 0) & (top > 0) & (right < w) & (bottom < h)
+    fill = inner & (stats[:, cv2.CC_STAT_AREA] < max_px)
+    fill[0] = False  # label 0: the tissue itself
+    if not fill.any():
+        return mask
+    return mask | fill[lab]
+
+
+def _pixel_maps(
+    rgb: np.ndarray, p: TissueParams, rows: int = 256
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Saturation (uint8) and the per-pixel pen-ink, near-black and glare maps (bool, or
+    ``None`` when that rejection is off) of a brightfield thumbnail.
+
+    Computed in strips of ``rows`` rows: the full-size colour conversions (HSV, channel
+    splits) of a 4096-px thumbnail would otherwise hold ~150 MB at once, and a strip stays
+    in the CPU cache while its maps are made.
+    """
+    h, w = rgb.shape[:2]
+    sat = np.empty((h, w), np.uint8)
+    pen = np.empty((h, w), bool) if p.reject_pen else None
+    dark = np.empty((h, w), bool) if p.reject_black else None
+    glare = np.empty((h, w), bool) if p.reject_glare else None
+    for r0 in range(0, h, rows):
+        part = rgb[r0 : r0 + rows]
+        hue, s, v, mn = _hsv(part)
+        sat[r0 : r0 + rows] = s
+        if pen is not None:
+            pen[r0 : r0 + rows] = pen_ink(part, hsv=(hue, s, v, mn))
+        if dark is not None:
+            dark[r0 : r0 + rows] = v < 0.25 * 255
+        if glare is not None:
+            glare[r0 : r0 + rows] = (mn > 0.92 * 255) & (s < 0.04 * 255)
+    return sat, pen, dark, glare
+
+
 def detect_tissue_rgb(
     rgb: np.ndarray, *, mpp: float, params: TissueParams | None = None
 ) -> tuple[np.ndarray, str, float, float]:
@@ -174,16 +246,13 @@ def detect_tissue_rgb(
     Returns ``(mask, method, threshold, pen_fraction)``.
     """
     import cv2
-    from scipy import ndimage
 
     p = params or TissueParams()
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ConfigError(f"detect_tissue_rgb needs (H, W, 3) RGB, got {rgb.shape}")
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    hsv = _hsv(rgb)
-    _, sat, mx, mn = hsv
     k = max(1, round(p.median_um / mpp)) | 1
-    border = np.concatenate([mx[0], mx[-1], mx[:, 0], mx[:, -1]])
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).max(axis=1)
     dark_field = float(np.median(border)) < 0.35 * 255
 
     def median(x: np.ndarray) -> np.ndarray:
@@ -191,44 +260,46 @@ def detect_tissue_rgb(
 
     if dark_field:
         # fluorescence / dark-field: tissue is brighter than the background
-        val = median(mx).astype(np.float32) / 255.0
+        r, g, b = cv2.split(rgb)
+        val = median(cv2.max(cv2.max(r, g), b))
+        del r, g, b
         thr = max(_otsu(val), 0.1)
-        mask = val > thr
+        mask = _above(val, thr)
         method = "otsu-brightness"
-        pen = np.zeros_like(mask)
+        pen_fraction = 0.0
     else:
-        val = median(sat).astype(np.float32) / 255.0
+        sat, pen, dark, glare = _pixel_maps(rgb, p)
+        val = median(sat)
+        del sat
         thr = max(_otsu(val), p.min_saturation)
-        mask = val > thr
+        mask = _above(val, thr)
+        del val
         method = "otsu-saturation"
+        pen_fraction = float(pen.mean()) if pen is not None and pen.size else 0.0
         bad = np.zeros_like(mask)
-        pen = pen_ink(rgb, hsv=hsv) if p.reject_pen else np.zeros_like(mask)
-        if pen.any():
+        if pen is not None and pen.any():
             margin = max(1, round(p.pen_margin_um / mpp))
             d = cv2.dilate(pen.view(np.uint8), _disk(margin).astype(np.uint8))
-            bad |= d.astype(bool)
-        if p.reject_black:
-            dark = (mx < 0.25 * 255).view(np.uint8)
-            bad |= cv2.dilate(dark, np.ones((3, 3), np.uint8)).astype(bool)
-        if p.reject_glare:
-            bad |= (mn > 0.92 * 255) & (sat < 0.04 * 255)
+            bad |= d.view(bool)
+        del pen
+        if dark is not None:
+            bad |= cv2.dilate(dark.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool)
+        del dark
+        if glare is not None:
+            bad |= glare
+        del glare
         mask &= ~bad
     r = max(0, round(p.close_um / mpp))
     if r:
         mask = _close(mask, r)
-    holes = ndimage.binary_fill_holes(mask) & ~mask
-    if holes.any():
-        lab, sizes = _components(holes)
-        small = sizes * mpp * mpp < p.max_hole_um2
-        small[0] = False
-        mask |= small[lab]
+    mask = _fill_small_holes(mask, p.max_hole_um2 / (mpp * mpp))
     if not dark_field:
         mask &= ~bad  # closing and hole filling must not bring ink or debris back
     lab, sizes = _components(mask)
     keep = sizes * mpp * mpp >= p.min_area_um2
-    keep[0] = False
-    mask = keep[lab]
-    pen_fraction = float(pen.mean()) if pen.size else 0.0
+    if not keep[1:].all():  # some pieces are too small: drop them
+        keep[0] = False
+        mask = keep[lab]
     return mask, method, float(thr), pen_fraction
 
 
