@@ -107,3 +107,24 @@ def test_grid_on_the_file_tiling_reads_single_tiles(svs):
                 read_tile(s, g, tuple(xy), reader=r), read_tile(s, g, tuple(xy))
             )
         assert r.decoded == len(g.coords)
+
+
+@pytest.mark.parametrize(
+    ("mpp", "px", "overlap"),
+    [(0.25, 96, 0.0), (0.5, 96, 0.0), (0.37, 96, 0.0), (2.0, 96, 0.0), (0.25, 240, 0.0),
+     (0.25, 240, 0.5), (0.5, 240, 0.0)],
+)  # fmt: skip
+def test_batches_equal_single_tile_reads(svs, mpp, px, overlap):
+    """read_tiles fills each batch row in place (no array per tile), and a grid aligned with
+    the file's 240-px tiling (0.25 µm/px, 240 px) is decoded straight into the batch: the
+    same pixels as read_tile through the slide's own reader, on every path."""
+    from wsimm.tiling import read_tiles
+
+    with open_slide(svs) as s:
+        spec = TileSpec(mpp=mpp, tile_px=px, overlap=overlap)
+        g = plan_grid(s.dimensions, s.level_downsamples, s.mpp, spec)
+        coords = g.coords[:: max(1, len(g.coords) // 70)]
+        got = np.concatenate(list(read_tiles(s, g, coords, batch_size=16)))
+        want = np.stack([read_tile(s, g, tuple(xy)) for xy in coords])
+    assert got.shape == want.shape and len(got) > 20
+    np.testing.assert_array_equal(got, want)

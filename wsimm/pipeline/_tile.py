@@ -278,16 +278,27 @@ def _client(workers: int, scheduler: str | None) -> tuple[Any, Any]:
             raise ConfigError(
                 f"cannot reach the Dask scheduler at {scheduler} ({e}); check --scheduler"
             ) from e
-    cluster = LocalCluster(
-        n_workers=1,
-        threads_per_worker=max(1, workers),
-        processes=False,
-        # the scheduler serves HTTP even without a dashboard: on a free port, so concurrent
-        # runs do not fight over 8787 (and warn about it)
-        dashboard_address="127.0.0.1:0",
-        silence_logs=50,
-    )
-    return Client(cluster), cluster
+    import dask
+
+    # The in-process cluster shares the GIL with the tile tasks: no statistical profiler
+    # sampling every thread each 10 ms (Dask's default, for a dashboard nobody opens here)
+    # and a slower system monitor (measured: a 24k-tile slide tiled 4-7% faster).
+    quiet_loop = {
+        "distributed.worker.profile.enabled": False,
+        "distributed.admin.system-monitor.interval": "2s",
+    }
+    with dask.config.set(quiet_loop):
+        cluster = LocalCluster(
+            n_workers=1,
+            threads_per_worker=max(1, workers),
+            processes=False,
+            # the scheduler serves HTTP even without a dashboard: on a free port, so
+            # concurrent runs do not fight over 8787 (and warn about it)
+            dashboard_address="127.0.0.1:0",
+            silence_logs=50,
+        )
+        client = Client(cluster)
+    return client, cluster
 
 
 def _params(
