@@ -1,7 +1,8 @@
 """Tile + embed throughput against the model alone, measured in the same run.
 
 - ``model``: the encoder's forward pass on pre-decoded, pre-normalised tensors
-  ``(B, 3, S, S)`` already on the device, the same batch size: the rate no pipeline can beat;
+  ``(B, 3, S, S)`` already on the device, the same batch size: the rate no pipeline can beat.
+  Timed for 30 s just before and 30 s just after the pipeline, pooled;
 - ``coords``: ``tile_slides(encoder=None)``: the planning part (thumbnail, tissue, grid);
 - ``pipeline``: ``tile_slides`` with the encoder into a fresh store: decode, resample,
   normalise, forward, write. Reported end to end and for the tile phase (pipeline - coords).
@@ -98,10 +99,21 @@ def main() -> None:
     common = dict(encoder=a.encoder, weights=weights, device=a.device, batch=a.batch,
                   tile_px=a.tile_px, workers=a.workers, slide=slide)  # fmt: skip
     rows = {}
+    # the model alone is timed just before and just after the pipeline and the two runs
+    # pooled: the machine's speed drifts by several per cent over minutes, and one baseline
+    # run on the far side of that drift would decide the ratio
     rows["coords"] = child("coords", store=_fresh(work, "c"), **common)
+    before = child("model", seconds=30.0, **common)
     rows["pipeline"] = child("pipeline", store=_fresh(work, "p"), **common)
-    seconds = max(10.0, min(60.0, rows["pipeline"]["seconds"] / 2))
-    rows["model"] = child("model", seconds=seconds, **common)
+    after = child("model", seconds=30.0, **common)
+    rows["model"] = {
+        **after,
+        "tiles": before["tiles"] + after["tiles"],
+        "seconds": before["seconds"] + after["seconds"],
+        "rss_mb": max(before["rss_mb"], after["rss_mb"]),
+    }
+    print(f"model alone: {before['tiles'] / before['seconds']:.1f} tiles/s before the "
+          f"pipeline, {after['tiles'] / after['seconds']:.1f} after")  # fmt: skip
     dev = rows["model"].get("gpu") or rows["model"]["device"]
     print(f"\n{a.encoder} on {dev}, batch {a.batch}, {a.tile_px} px tiles, "
           f"{rows['pipeline']['tiles']} tiles, workers {a.workers or 'default'}\n")  # fmt: skip

@@ -2,7 +2,8 @@
 
 Stages, each in a fresh subprocess so its peak RSS is its own:
 
-1. ``thumbnail``: reading the slide at the tissue-detection scale (8 µm/px) and nothing else;
+1. ``thumbnail``: reading the thumbnail that tissue detection works on (8 µm/px, at most
+   4096 px on the long side) and nothing else;
 2. ``coords``: ``tile_slides(encoder=None)``: thumbnail + tissue + grid + store (+ Dask start);
 3. ``ceiling``: every TIFF tile that the grid's tiles cover, decoded by tifffile + imagecodecs
    on the same number of threads, no assembling, no resampling, no store. Reported as grid
@@ -45,11 +46,11 @@ if stage == "write":
     out["tissue"] = float(s.tissue.mean())
 elif stage == "thumbnail":
     from wsimm.slide import open_slide
+    from wsimm.tissue import thumbnail_downsample
     out["imports"] = time.perf_counter() - t
     t = time.perf_counter()
     s = open_slide(args["path"])
-    ds = 8.0 / s.mpp
-    img = s.read_downsampled(ds)
+    img = s.read_downsampled(thumbnail_downsample(s))  # the thumbnail tissue detection reads
     out["shape"] = list(img.shape)
 elif stage == "coords":
     from wsimm.pipeline import tile_slides

@@ -123,3 +123,38 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(cohort_dir, tmp_path):
         assert np.array_equal(a[k][0], b[k][0])
         assert np.array_equal(a[k][1], b[k][1])
     assert sorted(open_store(store).all_slide_ids()) == sorted(a)
+
+
+def test_task_sizes_balance_threads_in_whole_batches():
+    from wsimm.pipeline._tile import _task_tiles
+
+    assert _task_tiles(6164, 1, 32) == 1024  # one thread: nothing to balance
+    assert _task_tiles(100_000, 2, 64) == 1024  # big slides: the cap
+    for n, threads, bs in [(6164, 2, 64), (2500, 2, 32), (777, 4, 32), (300, 2, 64)]:
+        task = _task_tiles(n, threads, bs)
+        assert task % bs == 0 and 128 <= task <= 1024
+        assert -(-n // task) >= min(4 * threads, -(-n // 128)) - 1
+
+
+def test_read_ahead_thread_runs_at_lower_priority():
+    import threading
+
+    from wsimm.pipeline._tile import _lower_priority
+
+    if not hasattr(os, "getpriority") or not hasattr(threading, "get_native_id"):
+        pytest.skip("per-thread priorities are a Linux feature")
+    seen = {}
+    main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def work():
+        tid = threading.get_native_id()
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        _lower_priority()
+        seen["delta"] = os.getpriority(os.PRIO_PROCESS, tid) - before
+
+    th = threading.Thread(target=work)
+    th.start()
+    th.join()
+    assert seen["delta"] > 0
+    # only the calling thread is lowered, not the process's other threads
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before

@@ -188,6 +188,7 @@ def _prefetch(it: Any, depth: int = 2) -> Any:
     stop = threading.Event()
 
     def work() -> None:
+        _lower_priority()
         try:
             for item in it:
                 while not stop.is_set():
@@ -215,6 +216,23 @@ def _prefetch(it: Any, depth: int = 2) -> Any:
     finally:
         stop.set()
         th.join(timeout=5)
+
+
+def _lower_priority(step: int = 10) -> None:
+    """Lower the calling thread's CPU priority (Linux: ``nice`` is per thread).
+
+    The read-ahead thread decodes a batch in a few per cent of the time the model takes to
+    encode one; at normal priority it still preempts one of the model's OpenMP threads now
+    and then, and the whole parallel region waits for that thread. At a lower priority it
+    runs when a core would otherwise idle, and still gets enough time to stay ahead.
+    """
+    import threading
+
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + step)
+    except (AttributeError, OSError):  # not Linux, or not allowed: leave it
+        pass
 
 
 def default_workers(enc: Any) -> int:
@@ -454,15 +472,21 @@ def _submit_chunks(client, fs, job, grid, futs, ac) -> int:
 
     Each task carries only its own rows of the grid (a few KB), never data scattered to one
     worker: when a worker dies, the scheduler reruns its tasks elsewhere with nothing lost.
+
+    A task is at most 1,024 tiles. With several worker threads it is smaller (down to 128,
+    in whole batches) when the slide would otherwise give fewer than four tasks per thread:
+    a slide of three 1,024-tile tasks on two threads would leave one thread idle through the
+    last task.
     """
     enc = _encoder(job["encoder"], job["weights"], job["device"])
     n = len(grid.coords)
+    task = _task_tiles(n, _threads(client), job["batch_size"])
     rows = fs.begin_features(
-        job["slide_id"], job["encoder"], n=n, dim=enc.cfg.embed_dim,
+        job["slide_id"], job["encoder"], n=n, dim=enc.cfg.embed_dim, max_rows=task,
         attrs={"encoder": job["encoder"], "cfg": enc.cfg.to_dict(), "weights": job["weights"],
                "weights_fingerprint": enc.weights_fingerprint},
     )  # fmt: skip
-    step = rows * max(1, 1024 // rows)
+    step = rows * max(1, task // rows)
     count = 0
     for a in range(0, n, step):
         b = min(n, a + step)
@@ -474,6 +498,24 @@ def _submit_chunks(client, fs, job, grid, futs, ac) -> int:
         ac.add(f)
         count += 1
     return count
+
+
+def _task_tiles(n: int, threads: int, batch_size: int) -> int:
+    """Tiles per chunk task: 1,024, or with several threads fewer (down to 128) so that a
+    slide of ``n`` tiles gives each thread about four tasks; a whole number of batches, so
+    no task but a slide's last ends with a runt batch."""
+    if threads <= 1:
+        return 1024
+    task = min(1024, max(128, -(-n // (4 * threads))))
+    return max(batch_size, -(-task // batch_size) * batch_size)
+
+
+def _threads(client: Any) -> int:
+    """Worker threads of the cluster (at least 1)."""
+    try:
+        return max(1, sum(client.nthreads().values()))
+    except Exception:  # a scheduler that cannot say: assume one thread
+        return 1
 
 
 def _count_tiles(bar, task, done: dict[str, int], sid: str, n: int, started: float) -> None:

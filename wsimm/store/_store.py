@@ -215,10 +215,18 @@ class FeatureStore:
         m.attrs["downsample"] = float(mask_downsample)
 
     def begin_features(
-        self, slide_id: str, encoder: str, *, n: int, dim: int, attrs: dict[str, Any]
+        self,
+        slide_id: str,
+        encoder: str,
+        *,
+        n: int,
+        dim: int,
+        attrs: dict[str, Any],
+        max_rows: int | None = None,
     ) -> int:
         """Create the ``features/<encoder>`` array; returns its chunk rows (write in
-        multiples of it so parallel writers never share a chunk)."""
+        multiples of it so parallel writers never share a chunk). ``max_rows`` caps the
+        chunk rows below the usual ~1 MiB (smaller units of work for a small slide)."""
         self._require_writable()
         sg = self._slide(slide_id, complete=False)
         fg = sg.require_group("features")
@@ -226,6 +234,8 @@ class FeatureStore:
         if encoder in fg:
             del fg[encoder]
         rows = chunk_rows(dim)
+        if max_rows is not None:
+            rows = max(1, min(rows, int(max_rows)))
         a = fg.create_array(
             encoder, shape=(n, dim), dtype="float16", chunks=(max(1, min(n, rows)), dim)
         )

@@ -10,6 +10,7 @@ from wsimm.tissue._detect import (
     detect_tissue_rgb,
     pen_ink,
     resolve_tissue_params,
+    thumbnail_downsample,
 )
 from wsimm.tissue._qc import draw_qc
 
@@ -22,4 +23,5 @@ __all__ = [
     "draw_qc",
     "pen_ink",
     "resolve_tissue_params",
+    "thumbnail_downsample",
 ]

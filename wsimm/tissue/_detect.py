@@ -22,6 +22,7 @@ __all__ = [
     "detect_tissue",
     "detect_tissue_rgb",
     "resolve_tissue_params",
+    "thumbnail_downsample",
 ]
 
 
@@ -312,6 +313,17 @@ def resolve_tissue_params(params: TissueParams | str | None) -> TissueParams:
     return params or TissueParams()
 
 
+def thumbnail_downsample(slide: Any, params: TissueParams | str | None = None) -> float:
+    """The level-0 downsample of the thumbnail :func:`detect_tissue` works on: the scale
+    of ``params.mpp`` (8 µm/px by default), but at least ~256 px and at most 4096 px on the
+    long side (parameters are physical, so they follow the scale)."""
+    p = resolve_tissue_params(params)
+    long_side = max(slide.dimensions)
+    ds = max(1.0, p.mpp / slide.require_mpp())
+    ds = min(ds, max(1.0, long_side / 256))
+    return max(ds, long_side / 4096, 1.0)
+
+
 def detect_tissue(
     slide: Any,
     *,
@@ -325,14 +337,8 @@ def detect_tissue(
     """
     p = resolve_tissue_params(params)
     mpp0 = slide.require_mpp()
-    w0, h0 = slide.dimensions
-    long_side = max(w0, h0)
-    ds = max(1.0, p.mpp / mpp0)
-    # tiny images: work on at least ~256 px (parameters are physical, so they follow);
-    # gigapixel ones: at most ~4096 px on the long side
-    ds = min(ds, max(1.0, long_side / 256))
-    ds = max(ds, long_side / 4096, 1.0)
-    thumb = slide.read_downsampled(ds)
+    w0, _ = slide.dimensions
+    thumb = slide.read_downsampled(thumbnail_downsample(slide, p))
     # the thumbnail is round(w0/ds) wide: its exact scale
     eff_ds = w0 / thumb.shape[1]
     mpp_t = mpp0 * eff_ds
