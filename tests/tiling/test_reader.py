@@ -128,3 +128,26 @@ def test_batches_equal_single_tile_reads(svs, mpp, px, overlap):
         want = np.stack([read_tile(s, g, tuple(xy)) for xy in coords])
     assert got.shape == want.shape and len(got) > 20
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("backend", ["tiffslide", "openslide"])
+def test_real_aperio_slide_decoded_in_place_equals_its_reader(backend):
+    """An Aperio SVS (JPEG, RGB without JFIF, 240-px tiles) on a grid aligned with its
+    tiling: every tile is decoded straight into the batch, and the pixels equal the slide
+    reader's own."""
+    from tests.conftest import shared_slide
+    from wsimm.tiling import read_tiles
+
+    if backend == "openslide":
+        pytest.importorskip("openslide")
+    with open_slide(shared_slide("CMU-1-Small-Region.svs"), backend=backend) as s:
+        g = plan_grid(s.dimensions, s.level_downsamples, s.mpp, TileSpec(mpp=s.mpp, tile_px=240))
+        with open_tile_reader(s, g.level) as r:
+            r.expect(g.coords[:, 0], g.coords[:, 1], 240, 240)
+            out = np.empty((240, 240, 3), np.uint8)
+            assert r.read_into(tuple(g.coords[0]), out)
+            np.testing.assert_array_equal(out, read_tile(s, g, tuple(g.coords[0])))
+        got = np.concatenate(list(read_tiles(s, g)))
+        want = np.stack([read_tile(s, g, tuple(xy)) for xy in g.coords])
+    assert len(want) > 50
+    np.testing.assert_array_equal(got, want)
