@@ -593,7 +593,8 @@ def _run(jobs, fs, report, params, workers, scheduler, quiet, as_completed) -> N
                     job["stain"] = res.get("stain")
                     total_tiles += n
                     bar.update(t_tiles, total=total_tiles)
-                    if job["encoder"] is None:
+                    if job["encoder"] is None:  # coordinates only: its tiles are done
+                        _count_tiles(bar, t_tiles, tiles_done, sid, n, started)
                         _finish(fs, report, job, n, t0[sid])
                         bar.advance(t_slides)
                         continue
