@@ -143,7 +143,7 @@ def test_real_aperio_slide_decoded_in_place_equals_its_reader(backend):
     with open_slide(shared_slide("CMU-1-Small-Region.svs"), backend=backend) as s:
         g = plan_grid(s.dimensions, s.level_downsamples, s.mpp, TileSpec(mpp=s.mpp, tile_px=240))
         with open_tile_reader(s, g.level) as r:
-            r.expect(g.coords[:, 0], g.coords[:, 1], 240, 240)
+            r.expect(g.coords, 240, 240)
             out = np.empty((240, 240, 3), np.uint8)
             assert r.read_into(tuple(g.coords[0]), out)
             np.testing.assert_array_equal(out, read_tile(s, g, tuple(g.coords[0])))

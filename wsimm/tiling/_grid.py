@@ -272,13 +272,8 @@ def read_tiles(
     coords = grid.coords if coords is None else coords
     t = grid.spec.tile_px
     reader = open_tile_reader(slide, grid.level)
-    if reader is not None and len(coords):
-        c = np.asarray(coords, np.float64)
-        n = grid.read_size
-        # the reads to come, in the reader's level pixels (as its read_region maps them)
-        reader.expect(
-            np.floor(c[:, 0] / reader.downsample), np.floor(c[:, 1] / reader.downsample), n, n
-        )
+    if reader is not None and len(coords):  # the reads to come, in order
+        reader.expect(coords, grid.read_size, grid.read_size)
     try:
         for b0 in range(0, len(coords), batch_size):
             part = coords[b0 : b0 + batch_size]

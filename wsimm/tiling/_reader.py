@@ -53,8 +53,16 @@ class TiffTileReader:
         self._uses: dict[tuple[int, int], int] | None = None  # reads left per tile (expect)
         self.decoded = 0  # TIFF tiles decoded so far (for benchmarks and tests)
 
-    def expect(self, x: np.ndarray, y: np.ndarray, w: int, h: int) -> None:
-        """Declare the reads to come: ``(w, h)`` regions at level pixels ``(x[i], y[i])``.
+    def _level_xy(self, location: tuple[int, int]) -> tuple[int, int]:
+        """Level-0 ``location`` -> this level's pixel (how every read maps it)."""
+        return (
+            math.floor(int(location[0]) / self.downsample),
+            math.floor(int(location[1]) / self.downsample),
+        )
+
+    def expect(self, locations: np.ndarray, w: int, h: int) -> None:
+        """Declare the reads to come: ``(w, h)`` regions (this level's pixels) at the
+        level-0 ``locations`` (``(N, 2)``), in order, as :meth:`read_region` will get them.
 
         From then on the cache keeps a decoded tile exactly until the last declared read
         that touches it, instead of whole rows of TIFF tiles: a grid aligned with the file's
@@ -63,8 +71,10 @@ class TiffTileReader:
         in the CPU cache. Reads that were not declared are served too (their tiles are
         dropped after use).
         """
-        x = np.asarray(x, np.int64)
-        y = np.asarray(y, np.int64)
+        c = np.asarray(locations, np.float64).reshape(-1, 2)
+        # vectorised _level_xy: the same float division and floor
+        x = np.floor(c[:, 0] / self.downsample).astype(np.int64)
+        y = np.floor(c[:, 1] / self.downsample).astype(np.int64)
         x0, y0 = np.maximum(x, 0), np.maximum(y, 0)
         x1, y1 = np.minimum(x + w, self.width), np.minimum(y + h, self.height)
         inside = (x1 > x0) & (y1 > y0)
@@ -159,8 +169,7 @@ class TiffTileReader:
         otherwise, and the caller reads and copies as usual."""
         if self._jpeg is None or self._uses is None:
             return False
-        x = math.floor(int(location[0]) / self.downsample)
-        y = math.floor(int(location[1]) / self.downsample)
+        x, y = self._level_xy(location)
         h, w = self.tile_h, self.tile_w
         if x % w or y % h or x + w > self.width or y + h > self.height or x < 0 or y < 0:
             return False
@@ -244,8 +253,7 @@ class TiffTileReader:
     ) -> np.ndarray:
         """The ``Slide.read_region`` signature (level-0 ``location``); ``level`` is ignored:
         a reader serves the one level it was opened for."""
-        lx = math.floor(int(location[0]) / self.downsample)
-        ly = math.floor(int(location[1]) / self.downsample)
+        lx, ly = self._level_xy(location)
         return self.read_level(lx, ly, int(size[0]), int(size[1]))
 
 
