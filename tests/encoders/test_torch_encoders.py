@@ -165,3 +165,20 @@ def test_state_dict_formats_load_the_same(tmp_path):
     for name in files:
         other = create_encoder("timm:resnet18", weights=str(tmp_path / name), device="cpu")
         np.testing.assert_array_equal(other.encode(x), ref)
+
+
+@pytest.mark.parametrize("size", [224, 256])  # the model's input size, and one resized to it
+def test_preprocess_normalises_with_the_encoders_mean_and_std(size):
+    import torch.nn.functional as F
+
+    enc = create_encoder("timm:resnet18", weights="random", device="cpu")
+    t = _tiles(3, size, seed=4)
+    x = torch.from_numpy(t).permute(0, 3, 1, 2).float() / 255.0
+    if size != enc.cfg.input_size:
+        x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(enc.cfg.mean).view(1, 3, 1, 1)
+    std = torch.tensor(enc.cfg.std).view(1, 3, 1, 1)
+    got = enc.preprocess(t)
+    assert got.shape == (3, 3, 224, 224) and got.dtype == torch.float32
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, (x - mean) / std, rtol=0, atol=2e-5)
