@@ -119,13 +119,13 @@ def main() -> None:
                   tile_px=a.tile_px, workers=a.workers, slide=slide)  # fmt: skip
     coords = child("coords", store=_fresh(work, "c"), **common)
     models = [child("model", seconds=a.model_seconds, **common)]
-    pipes = []
+    pipes, each = [], []  # each: a pipeline run over the model runs either side of it
     for i in range(a.rounds):
         pipes.append(child("pipeline", store=_fresh(work, "p"), **common))
         models.append(child("model", seconds=a.model_seconds, **common))
-        m = (_rate(models[-2]) + _rate(models[-1])) / 2
+        each.append(_rate(pipes[-1]) / ((_rate(models[-2]) + _rate(models[-1])) / 2))
         print(f"round {i + 1}: model {_rate(models[-2]):.1f} and {_rate(models[-1]):.1f} tiles/s "
-              f"around a pipeline of {_rate(pipes[-1]):.1f}: {_rate(pipes[-1]) / m:.3f}",
+              f"around a pipeline of {_rate(pipes[-1]):.1f}: {each[-1]:.3f}",
               flush=True)  # fmt: skip
     model = sum(r["tiles"] for r in models) / sum(r["seconds"] for r in models)
     tiles = sum(r["tiles"] for r in pipes)
@@ -139,7 +139,6 @@ def main() -> None:
         for r in rs:
             print(f"{k:<10}{r['seconds']:>9.2f}{_rate(r):>10.1f}{r['imports']:>11.2f}"
                   f"{r['rss_mb']:>14.0f}")  # fmt: skip
-    each = [_rate(p) / ((_rate(models[i]) + _rate(models[i + 1])) / 2) for i, p in enumerate(pipes)]
     print(f"\npipeline / model: {e2e / model:.3f} end to end (pooled; per round "
           f"{', '.join(f'{x:.3f}' for x in each)}), {phase / model:.3f} in the tile phase "
           "(target >= 0.9 on CPU, >= 0.8 on GPU)")  # fmt: skip
