@@ -37,6 +37,18 @@ def test_tissue_fraction_is_exact_and_filters():
     assert len(g) == 50 and (g.coords[:, 1] < 50).all()
 
 
+def test_tissue_fractions_by_bands_equal_the_pixel_count():
+    # integer boxes: the fraction is a plain pixel count, whatever band the tile falls in
+    rng = np.random.default_rng(0)
+    mask = rng.random((300, 200)) < 0.4
+    xy = np.stack([rng.integers(-5, 200, 400), rng.integers(-5, 300, 400)], axis=1)
+    for band_rows in (1, 7, 64, 1000):
+        f = tissue_fractions(mask, 1.0, xy, 9.0, band_rows=band_rows)
+        for (x, y), got in zip(xy, f, strict=True):
+            box = mask[max(0, y) : y + 9, max(0, x) : x + 9]
+            assert got == pytest.approx(box.sum() / 81, abs=1e-6)
+
+
 def test_tiny_slide_has_no_tiles():
     assert len(plan_grid((16, 16), (1.0,), 0.5, TileSpec())) == 0
 

@@ -71,7 +71,7 @@ def test_hole_filling_matches_scipy_and_keeps_large_holes():
     for _ in range(20):
         mask = rng.random((64, 80)) < rng.uniform(0.3, 0.8)
         np.testing.assert_array_equal(
-            _fill_small_holes(mask, np.inf), ndimage.binary_fill_holes(mask)
+            _fill_small_holes(mask.copy(), np.inf), ndimage.binary_fill_holes(mask)
         )
     ring = np.zeros((40, 40), bool)
     ring[5:35, 5:35] = True
@@ -79,6 +79,41 @@ def test_hole_filling_matches_scipy_and_keeps_large_holes():
     ring[7, 7] = False  # a 1-px hole
     out = _fill_small_holes(ring, 100)
     assert out[7, 7] and not out[10:30, 10:30].any()
+
+
+def test_streamed_detection_equals_detection_on_the_whole_thumbnail(tmp_path):
+    # without a kept thumbnail, detection reduces each strip as the slide reader yields it
+    sl = write_synthetic_slide(
+        tmp_path / "s.svs", width=6144, height=4608, seed=4, mpp=0.25,
+        pen_marks=("blue", "red"), debris=True,
+    )  # fmt: skip
+    with open_slide(sl.path) as s:
+        whole = detect_tissue(s)
+        streamed = detect_tissue(s, keep_thumbnail=False)
+        strips = list(s.iter_downsampled(whole.downsample, strip_pixels=1 << 14))
+    assert streamed.thumbnail is None and len(strips) > 3
+    np.testing.assert_array_equal(streamed.mask, whole.mask)
+    assert (streamed.threshold, streamed.pen_fraction) == (whole.threshold, whole.pen_fraction)
+    assert whole.pen_fraction > 0 and whole.mask.any()
+    np.testing.assert_array_equal(np.concatenate([b for _, b in strips]), whole.thumbnail)
+
+
+def test_small_pieces_dropped_past_16_bit_labels():
+    # 90,000 isolated pixels overflow 16-bit labels: the 32-bit fallback must give the same
+    from scipy import ndimage
+
+    from wsimm.tissue._detect import _drop_small
+
+    mask = np.zeros((600, 600), bool)
+    mask[::2, ::2] = True
+    mask[100:140, 100:160] = True  # one piece of 2,400+ pixels
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    sizes = np.bincount(lab.ravel())
+    assert n > 65_535
+    expect = (sizes >= 50)[lab] & mask
+    np.testing.assert_array_equal(_drop_small(mask, 50.0, 1.0), expect)
+    small = mask[:100, :100]  # under 16 bits: nothing is big enough to keep
+    assert not _drop_small(small, 50.0, 1.0).any()
 
 
 def test_otsu_on_uint8_equals_float_histogram():

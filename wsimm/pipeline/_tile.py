@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from wsimm._memory import release_memory
 from wsimm._progress import progress
 from wsimm._version import __version__
 from wsimm.errors import ConfigError, DataError, StoreError, WsimmError
@@ -115,7 +116,9 @@ def _plan(job: dict[str, Any]) -> dict[str, Any]:
 
     s = open_slide_cached(job["path"], mpp=job["slide_mpp"])
     mpp = s.require_mpp()
-    tm = detect_tissue(s, params=job["tissue"])
+    # the thumbnail (37 MB at the 4096-px cap) outlives detection only for its two users
+    need_thumb = bool(job.get("qc_dir")) or job.get("stain_norm") == "macenko"
+    tm = detect_tissue(s, params=job["tissue"], keep_thumbnail=need_thumb)
     spec: TileSpec = job["spec"]
     grid = plan_grid(
         s.dimensions, s.level_downsamples, mpp, spec, mask=tm.mask, mask_downsample=tm.downsample
@@ -138,6 +141,7 @@ def _plan(job: dict[str, Any]) -> dict[str, Any]:
             title=f"{job['slide_id']}: {len(grid)} tiles at {spec.mpp} um/px",
             path=Path(job["qc_dir"]) / f"{job['slide_id']}.png",
         )
+    release_memory()  # what detection and the grid freed: the tile phase starts low
     return {
         "coords": grid.coords,
         "tissue_fraction": grid.tissue_fraction,
@@ -598,6 +602,7 @@ def _run(jobs, fs, report, params, workers, scheduler, quiet, as_completed) -> N
                         mask_downsample=res["mask_downsample"],
                         attrs=attrs,
                     )
+                    release_memory()  # the mask's compression buffers
                     job["stain"] = res.get("stain")
                     total_tiles += n
                     bar.update(t_tiles, total=total_tiles)

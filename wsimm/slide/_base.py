@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -161,6 +161,12 @@ class Slide(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release file handles."""
+
+    def drop_tile_cache(self) -> None:
+        """Free the reader's cache of decoded tiles, if it has one (after a whole-slide pass
+        such as the tissue thumbnail, whose tiles are not read again). This reader keeps
+        none."""
+        return None
 
     # -- metadata ------------------------------------------------------------------------
     @property
@@ -321,22 +327,25 @@ class Slide(ABC):
         ds = max(w0 / mw, h0 / mh, 1.0)
         return self.read_downsampled(ds)
 
-    def read_downsampled(self, downsample: float, *, strip_pixels: int = 1 << 22) -> np.ndarray:
-        """The whole slide at ``downsample`` (relative to level 0), as ``(H, W, 3)`` uint8.
+    def downsampled_shape(self, downsample: float) -> tuple[int, int]:
+        """``(H, W)`` of :meth:`read_downsampled` at ``downsample``."""
+        w0, h0 = self.dimensions
+        return max(1, round(h0 / downsample)), max(1, round(w0 / downsample))
 
-        Output size is ``round(w0 / downsample) x round(h0 / downsample)``. The level is read
-        in full-width strips of about ``strip_pixels`` pixels, so memory stays at the output
-        plus one strip even for a slide without a pyramid.
-        """
+    def iter_downsampled(
+        self, downsample: float, *, strip_pixels: int = 1 << 20
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """:meth:`read_downsampled` one strip at a time: ``(first output row, rows)`` pairs,
+        top to bottom, each strip ``(rows, W, 3)`` uint8 and read from about ``strip_pixels``
+        pixels of the pyramid level. A consumer that reduces each strip (tissue detection
+        without a kept thumbnail) never holds the whole image."""
         from PIL import Image
 
-        w0, h0 = self.dimensions
-        ow, oh = max(1, round(w0 / downsample)), max(1, round(h0 / downsample))
+        oh, ow = self.downsampled_shape(downsample)
         level = self.get_best_level_for_downsample(downsample)
         lds = self.level_downsamples[level]
         lw, lh = self.level_dimensions[level]
         sy = lh / oh  # level rows per output row
-        out = np.empty((oh, ow, 3), np.uint8)
         rows_per_strip = max(1, int(max(1, strip_pixels // lw) / sy))
         for r0 in range(0, oh, rows_per_strip):
             r1 = min(oh, r0 + rows_per_strip)
@@ -344,11 +353,23 @@ class Slide(ABC):
             iy0, iy1 = math.floor(ly0), min(lh, math.ceil(ly1))
             strip = self.read_region((0, round(iy0 * lds)), level, (lw, max(1, iy1 - iy0)))
             if (lw, iy1 - iy0) == (ow, r1 - r0):
-                out[r0:r1] = strip
+                yield r0, strip
                 continue
             img = Image.fromarray(strip)
+            del strip
             box = (0.0, ly0 - iy0, float(lw), ly1 - iy0)
-            out[r0:r1] = np.asarray(img.resize((ow, r1 - r0), Image.Resampling.BOX, box=box))
+            yield r0, np.asarray(img.resize((ow, r1 - r0), Image.Resampling.BOX, box=box))
+
+    def read_downsampled(self, downsample: float, *, strip_pixels: int = 1 << 20) -> np.ndarray:
+        """The whole slide at ``downsample`` (relative to level 0), as ``(H, W, 3)`` uint8.
+
+        Output size is ``round(w0 / downsample) x round(h0 / downsample)``. The level is read
+        in full-width strips of about ``strip_pixels`` pixels, so memory stays at the output
+        plus one strip even for a slide without a pyramid.
+        """
+        out = np.empty((*self.downsampled_shape(downsample), 3), np.uint8)
+        for r0, strip in self.iter_downsampled(downsample, strip_pixels=strip_pixels):
+            out[r0 : r0 + len(strip)] = strip
         return out
 
     def associated_image(self, name: str) -> np.ndarray:

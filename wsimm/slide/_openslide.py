@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,10 @@ _MPP_KEYS = (
     ("aperio.MPP", "aperio.MPP"),
     ("tiff.XResolution", "tiff.YResolution"),
 )
+
+
+#: openslide's default tile cache, per slide
+_CACHE_BYTES = 32 * 1024 * 1024
 
 
 class OpenSlideSlide(Slide):
@@ -112,6 +117,16 @@ class OpenSlideSlide(Slide):
                 f"{self.path}: openslide failed reading {size} at {location} level {level} "
                 f"({e}); the file may be damaged or truncated: re-copy it"
             ) from e
+
+    def drop_tile_cache(self) -> None:
+        """Empty openslide's cache of decoded tiles (it keeps up to 32 MiB per slide): a
+        fresh cache of the same size replaces it, where openslide supports that (4.0+)."""
+        openslide = _module()
+        cache = getattr(openslide, "OpenSlideCache", None)
+        if cache is None:
+            return
+        with contextlib.suppress(openslide.OpenSlideError):  # a library without cache control
+            self._osr.set_cache(cache(_CACHE_BYTES))
 
     def close(self) -> None:
         self._osr.close()

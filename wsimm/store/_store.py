@@ -211,7 +211,11 @@ class FeatureStore:
             dtype="uint8",
             chunks=tuple(max(1, min(1024, d)) for d in tissue_mask.shape),
         )  # chunked so zarr compresses the pieces concurrently
-        m[...] = tissue_mask.astype(np.uint8)
+        m[...] = (
+            np.ascontiguousarray(tissue_mask).view(np.uint8)
+            if tissue_mask.dtype == np.bool_
+            else tissue_mask.astype(np.uint8)
+        )
         m.attrs["downsample"] = float(mask_downsample)
 
     def begin_features(

@@ -8,11 +8,13 @@ Dark-field slides (fluorescence: a dark background) are detected by brightness i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from wsimm._memory import release_memory
 from wsimm.errors import ConfigError
 
 __all__ = [
@@ -175,21 +177,57 @@ def _close(mask: np.ndarray, r: int) -> np.ndarray:
 
     k = _disk(r).astype(np.uint8)
     padded = np.pad(mask.view(np.uint8), r)
-    closed = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, k, borderType=cv2.BORDER_CONSTANT,
-                              borderValue=0)  # fmt: skip
-    return closed[r:-r, r:-r].astype(bool)
+    cv2.morphologyEx(padded, cv2.MORPH_CLOSE, k, dst=padded, borderType=cv2.BORDER_CONSTANT,
+                     borderValue=0)  # fmt: skip
+    return padded[r:-r, r:-r].astype(bool)
+
+
+def _labels(img: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of a 0/1 uint8 image: labels and OpenCV's stats table.
+
+    Labels are 16-bit (half the memory of int32 on a 4096-px thumbnail) unless the image
+    has 65,535 pieces or more, which OpenCV reports as an error: then 32-bit.
+    """
+    import cv2
+
+    try:
+        _, lab, stats, _ = cv2.connectedComponentsWithStats(img, connectivity=connectivity,
+                                                            ltype=cv2.CV_16U)  # fmt: skip
+    except cv2.error:
+        _, lab, stats, _ = cv2.connectedComponentsWithStats(img, connectivity=connectivity,
+                                                            ltype=cv2.CV_32S)  # fmt: skip
+    return lab, stats
+
+
+def _lookup(table: np.ndarray, lab: np.ndarray, out: np.ndarray, rows: int = 256) -> None:
+    """``out |= table[lab]``, in strips of ``rows`` rows: one full-size gather would index
+    through an intp copy of the labels (8 bytes per pixel)."""
+    for r0 in range(0, lab.shape[0], rows):
+        out[r0 : r0 + rows] |= table[lab[r0 : r0 + rows]]
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """8-connected components: labels (int32) and the pixel count of each label."""
+    """8-connected components: labels (uint16 or int32) and the pixel count of each label."""
     import cv2
 
-    _, lab, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    lab, stats = _labels(mask.view(np.uint8), 8)
     return lab, stats[:, cv2.CC_STAT_AREA]
 
 
+def _drop_small(mask: np.ndarray, min_area_um2: float, mpp: float) -> np.ndarray:
+    """``mask`` without its 8-connected pieces smaller than ``min_area_um2``."""
+    lab, sizes = _components(mask)
+    keep = sizes * mpp * mpp >= min_area_um2
+    keep[0] = False  # label 0: the background
+    if keep[1:].all():  # no piece is too small
+        return mask
+    out = np.zeros_like(mask)
+    _lookup(keep, lab, out)
+    return out
+
+
 def _fill_small_holes(mask: np.ndarray, max_px: float) -> np.ndarray:
-    """Fill the holes of ``mask`` smaller than ``max_px`` pixels.
+    """Fill the holes of ``mask`` smaller than ``max_px`` pixels (in place; returns ``mask``).
 
     A hole is a 4-connected piece of background that does not touch the image border (the
     complement of 8-connected tissue, as ``scipy.ndimage.binary_fill_holes`` defines it):
@@ -199,44 +237,83 @@ def _fill_small_holes(mask: np.ndarray, max_px: float) -> np.ndarray:
 
     h, w = mask.shape
     bg = (~mask).view(np.uint8)
-    _, lab, stats, _ = cv2.connectedComponentsWithStats(bg, connectivity=4)
+    lab, stats = _labels(bg, 4)
+    del bg
     left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
     right = left + stats[:, cv2.CC_STAT_WIDTH]
     bottom = top + stats[:, cv2.CC_STAT_HEIGHT]
     inner = (left > 0) & (top > 0) & (right < w) & (bottom < h)
     fill = inner & (stats[:, cv2.CC_STAT_AREA] < max_px)
     fill[0] = False  # label 0: the tissue itself
-    if not fill.any():
-        return mask
-    return mask | fill[lab]
+    if fill.any():
+        _lookup(fill, lab, mask)
+    return mask
 
 
-def _pixel_maps(
-    rgb: np.ndarray, p: TissueParams, rows: int = 256
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """Saturation (uint8) and the per-pixel pen-ink, near-black and glare maps (bool, or
-    ``None`` when that rejection is off) of a brightfield thumbnail.
+#: bits of the rejection map made by :func:`_pixel_maps`
+_PEN, _DARK, _GLARE = 1, 2, 4
 
-    Computed in strips of ``rows`` rows: the full-size colour conversions (HSV, channel
-    splits) of a 4096-px thumbnail would otherwise hold ~150 MB at once, and a strip stays
-    in the CPU cache while its maps are made.
+
+def _scan(
+    strips: Iterable[tuple[int, np.ndarray]], shape: tuple[int, int], p: TissueParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass over an RGB image given as ``(first row, rows)`` strips: its saturation and
+    value (``max(R, G, B)``), and a map of rejected pixels with one bit each for pen ink
+    (``_PEN``), near-black debris (``_DARK``) and glare (``_GLARE``); a bit is never set when
+    its rejection is off. All three are ``(H, W)`` uint8.
+
+    Each strip is converted 256 rows at a time: full-size colour conversions (HSV, channel
+    splits) of a 4096-px thumbnail would hold ~150 MB at once, and 256 rows stay in the CPU
+    cache while their maps are made. The strips can come straight from the slide reader, so
+    the RGB image itself need never be whole in memory.
     """
-    h, w = rgb.shape[:2]
+    h, w = shape
     sat = np.empty((h, w), np.uint8)
-    pen = np.empty((h, w), bool) if p.reject_pen else None
-    dark = np.empty((h, w), bool) if p.reject_black else None
-    glare = np.empty((h, w), bool) if p.reject_glare else None
-    for r0 in range(0, h, rows):
-        part = rgb[r0 : r0 + rows]
-        hue, s, v, mn = _hsv(part)
-        sat[r0 : r0 + rows] = s
-        if pen is not None:
-            pen[r0 : r0 + rows] = pen_ink(part, hsv=(hue, s, v, mn))
-        if dark is not None:
-            dark[r0 : r0 + rows] = v < 0.25 * 255
-        if glare is not None:
-            glare[r0 : r0 + rows] = (mn > 0.92 * 255) & (s < 0.04 * 255)
-    return sat, pen, dark, glare
+    value = np.empty((h, w), np.uint8)
+    flags = np.zeros((h, w), np.uint8)
+    for r0, strip in strips:
+        for a in range(0, len(strip), 256):
+            part = np.ascontiguousarray(strip[a : a + 256])
+            rows = slice(r0 + a, r0 + a + len(part))
+            hue, s, v, mn = _hsv(part)
+            sat[rows], value[rows] = s, v
+            f = flags[rows]
+            if p.reject_pen:
+                f |= pen_ink(part, hsv=(hue, s, v, mn)).view(np.uint8) * np.uint8(_PEN)
+            if p.reject_black:
+                f |= (v < 0.25 * 255).view(np.uint8) * np.uint8(_DARK)
+            if p.reject_glare:
+                f |= ((mn > 0.92 * 255) & (s < 0.04 * 255)).view(np.uint8) * np.uint8(_GLARE)
+    return sat, value, flags
+
+
+def _rejected(flags: np.ndarray, p: TissueParams, mpp: float) -> tuple[np.ndarray | None, float]:
+    """Pixels to remove from the tissue (bool, or ``None`` when there are none) and the pen
+    fraction: pen ink grown by ``pen_margin_um``, near-black debris grown by one pixel, glare."""
+    import cv2
+
+    def bit(b: int) -> np.ndarray:  # 0/1 uint8
+        x = flags >> (b.bit_length() - 1)
+        x &= 1
+        return x
+
+    pen = bit(_PEN)
+    n_pen = cv2.countNonZero(pen)
+    pen_fraction = n_pen / pen.size if pen.size else 0.0
+    bad = None
+    if n_pen:
+        margin = max(1, round(p.pen_margin_um / mpp))
+        bad = cv2.dilate(pen, _disk(margin).astype(np.uint8))
+    del pen
+    dark = bit(_DARK)
+    if cv2.countNonZero(dark):
+        d = cv2.dilate(dark, np.ones((3, 3), np.uint8))
+        bad = d if bad is None else cv2.bitwise_or(bad, d, dst=bad)
+    del dark
+    glare = bit(_GLARE)
+    if cv2.countNonZero(glare):
+        bad = glare if bad is None else cv2.bitwise_or(bad, glare, dst=bad)
+    return (None if bad is None else bad.view(bool)), pen_fraction
 
 
 def detect_tissue_rgb(
@@ -246,61 +323,62 @@ def detect_tissue_rgb(
 
     Returns ``(mask, method, threshold, pen_fraction)``.
     """
-    import cv2
-
-    p = params or TissueParams()
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ConfigError(f"detect_tissue_rgb needs (H, W, 3) RGB, got {rgb.shape}")
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    return _detect([(0, rgb)], rgb.shape[:2], mpp, params or TissueParams())
+
+
+def _detect(
+    strips: Iterable[tuple[int, np.ndarray]], shape: tuple[int, int], mpp: float, p: TissueParams
+) -> tuple[np.ndarray, str, float, float]:
+    """:func:`detect_tissue_rgb` on an image given as ``(first row, rows)`` strips."""
+    import cv2
+
+    sat, value, flags = _scan(strips, shape, p)
+    release_memory()  # the strips' buffers
     k = max(1, round(p.median_um / mpp)) | 1
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).max(axis=1)
+    border = np.concatenate([value[0], value[-1], value[:, 0], value[:, -1]])
     dark_field = float(np.median(border)) < 0.35 * 255
 
     def median(x: np.ndarray) -> np.ndarray:
         return cv2.medianBlur(x, k) if k > 1 else x
 
+    bad = None
     if dark_field:
         # fluorescence / dark-field: tissue is brighter than the background
-        r, g, b = cv2.split(rgb)
-        val = median(cv2.max(cv2.max(r, g), b))
-        del r, g, b
+        del sat, flags
+        val = median(value)
+        del value
         thr = max(_otsu(val), 0.1)
         mask = _above(val, thr)
+        del val
         method = "otsu-brightness"
         pen_fraction = 0.0
     else:
-        sat, pen, dark, glare = _pixel_maps(rgb, p)
+        del value
         val = median(sat)
         del sat
         thr = max(_otsu(val), p.min_saturation)
         mask = _above(val, thr)
         del val
         method = "otsu-saturation"
-        pen_fraction = float(pen.mean()) if pen is not None and pen.size else 0.0
-        bad = np.zeros_like(mask)
-        if pen is not None and pen.any():
-            margin = max(1, round(p.pen_margin_um / mpp))
-            d = cv2.dilate(pen.view(np.uint8), _disk(margin).astype(np.uint8))
-            bad |= d.view(bool)
-        del pen
-        if dark is not None:
-            bad |= cv2.dilate(dark.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool)
-        del dark
-        if glare is not None:
-            bad |= glare
-        del glare
-        mask &= ~bad
+        bad, pen_fraction = _rejected(flags, p, mpp)
+        del flags
+        if bad is not None:
+            np.greater(mask, bad, out=mask)  # mask & ~bad
+            bad = np.packbits(bad)  # kept for after the closing: 1 bit a pixel
     r = max(0, round(p.close_um / mpp))
     if r:
         mask = _close(mask, r)
     mask = _fill_small_holes(mask, p.max_hole_um2 / (mpp * mpp))
-    if not dark_field:
-        mask &= ~bad  # closing and hole filling must not bring ink or debris back
-    lab, sizes = _components(mask)
-    keep = sizes * mpp * mpp >= p.min_area_um2
-    if not keep[1:].all():  # some pieces are too small: drop them
-        keep[0] = False
-        mask = keep[lab]
+    release_memory()  # the maps and the labels
+    if bad is not None:
+        # closing and hole filling must not bring ink or debris back
+        bad = np.unpackbits(bad, count=mask.size).reshape(mask.shape).view(bool)
+        np.greater(mask, bad, out=mask)
+    del bad
+    mask = _drop_small(mask, p.min_area_um2, mpp)
     return mask, method, float(thr), pen_fraction
 
 
@@ -338,12 +416,22 @@ def detect_tissue(
     p = resolve_tissue_params(params)
     mpp0 = slide.require_mpp()
     w0, _ = slide.dimensions
-    thumb = slide.read_downsampled(thumbnail_downsample(slide, p))
+    ds = thumbnail_downsample(slide, p)
+    shape = slide.downsampled_shape(ds)
     # the thumbnail is round(w0/ds) wide: its exact scale
-    eff_ds = w0 / thumb.shape[1]
+    eff_ds = w0 / shape[1]
     mpp_t = mpp0 * eff_ds
     p_eff = replace(p, mpp=mpp_t)
-    mask, method, thr, pen_frac = detect_tissue_rgb(thumb, mpp=mpp_t, params=p_eff)
+    thumb = None
+    if keep_thumbnail:
+        thumb = slide.read_downsampled(ds)
+        strips: Iterable[tuple[int, np.ndarray]] = [(0, thumb)]
+    else:  # detection reduces each strip as it is read: the RGB image is never whole
+        strips = slide.iter_downsampled(ds)
+    mask, method, thr, pen_frac = _detect(strips, shape, mpp_t, p_eff)
+    if hasattr(slide, "drop_tile_cache"):
+        slide.drop_tile_cache()  # the thumbnail level's tiles are not read again
+    release_memory()
     return TissueMask(
         mask=mask,
         downsample=eff_ds,
@@ -352,5 +440,5 @@ def detect_tissue(
         params=p,
         threshold=thr,
         pen_fraction=pen_frac,
-        thumbnail=thumb if keep_thumbnail else None,
+        thumbnail=thumb,
     )
