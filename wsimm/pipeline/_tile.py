@@ -141,7 +141,6 @@ def _plan(job: dict[str, Any]) -> dict[str, Any]:
             title=f"{job['slide_id']}: {len(grid)} tiles at {spec.mpp} um/px",
             path=Path(job["qc_dir"]) / f"{job['slide_id']}.png",
         )
-    release_memory()  # what detection and the grid freed: the tile phase starts low
     return {
         "coords": grid.coords,
         "tissue_fraction": grid.tissue_fraction,

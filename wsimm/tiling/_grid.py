@@ -131,6 +131,22 @@ def _integral(mask: np.ndarray) -> np.ndarray:
     return sat
 
 
+def _area_to(sat: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mask area above-left of each point ``(x, y)``, from the summed-area table ``sat``
+    (bilinear between its samples: exact for a piecewise-constant mask)."""
+    h, w = sat.shape[0] - 1, sat.shape[1] - 1
+    x = np.clip(x, 0, w)
+    y = np.clip(y, 0, h)
+    xi = np.floor(x).astype(np.int64).clip(0, w - 1)
+    yi = np.floor(y).astype(np.int64).clip(0, h - 1)
+    fx, fy = x - xi, y - yi
+    a = sat[yi, xi]
+    b = sat[yi, xi + 1]
+    c = sat[yi + 1, xi]
+    d = sat[yi + 1, xi + 1]
+    return a * (1 - fx) * (1 - fy) + b * fx * (1 - fy) + c * (1 - fx) * fy + d * fx * fy
+
+
 def tissue_fractions(
     mask: np.ndarray,
     mask_downsample: float,
@@ -148,7 +164,7 @@ def tissue_fractions(
     from the whole one by a row of column sums, which cancels in each box's four corners.
     """
     m = np.asarray(mask)
-    h, w = m.shape
+    h = m.shape[0]
     c = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
     x0, y0 = c[:, 0] / mask_downsample, c[:, 1] / mask_downsample
     s = size0 / mask_downsample
@@ -162,25 +178,12 @@ def tissue_fractions(
         r0 = int(k) * band_rows
         r1 = min(h, r0 + band_rows + math.ceil(s) + 2)
         sat = _integral(m[r0:r1])
-        bh = r1 - r0
-
-        def area_to(
-            x: np.ndarray, y: np.ndarray, sat: np.ndarray = sat, bh: int = bh
-        ) -> np.ndarray:
-            x = np.clip(x, 0, w)
-            y = np.clip(y, 0, bh)
-            xi = np.floor(x).astype(np.int64).clip(0, w - 1)
-            yi = np.floor(y).astype(np.int64).clip(0, bh - 1)
-            fx, fy = x - xi, y - yi
-            a = sat[yi, xi]
-            b = sat[yi, xi + 1]
-            c = sat[yi + 1, xi]
-            d = sat[yi + 1, xi + 1]
-            return a * (1 - fx) * (1 - fy) + b * fx * (1 - fy) + c * (1 - fx) * fy + d * fx * fy
-
         bx0, bx1 = x0[sel], x1[sel]
         by0, by1 = y0[sel] - r0, y1[sel] - r0
-        total = area_to(bx1, by1) - area_to(bx0, by1) - area_to(bx1, by0) + area_to(bx0, by0)
+        total = (
+            _area_to(sat, bx1, by1) - _area_to(sat, bx0, by1)
+            - _area_to(sat, bx1, by0) + _area_to(sat, bx0, by0)
+        )  # fmt: skip
         out[sel] = np.clip(total / (s * s), 0.0, 1.0)
     return out
 

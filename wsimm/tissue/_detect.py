@@ -206,18 +206,12 @@ def _lookup(table: np.ndarray, lab: np.ndarray, out: np.ndarray, rows: int = 256
         out[r0 : r0 + rows] |= table[lab[r0 : r0 + rows]]
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """8-connected components: labels (uint16 or int32) and the pixel count of each label."""
+def _drop_small(mask: np.ndarray, min_area_um2: float, mpp: float) -> np.ndarray:
+    """``mask`` without its 8-connected pieces smaller than ``min_area_um2``."""
     import cv2
 
     lab, stats = _labels(mask.view(np.uint8), 8)
-    return lab, stats[:, cv2.CC_STAT_AREA]
-
-
-def _drop_small(mask: np.ndarray, min_area_um2: float, mpp: float) -> np.ndarray:
-    """``mask`` without its 8-connected pieces smaller than ``min_area_um2``."""
-    lab, sizes = _components(mask)
-    keep = sizes * mpp * mpp >= min_area_um2
+    keep = stats[:, cv2.CC_STAT_AREA] * mpp * mpp >= min_area_um2
     keep[0] = False  # label 0: the background
     if keep[1:].all():  # no piece is too small
         return mask
@@ -372,7 +366,6 @@ def _detect(
     if r:
         mask = _close(mask, r)
     mask = _fill_small_holes(mask, p.max_hole_um2 / (mpp * mpp))
-    release_memory()  # the maps and the labels
     if bad is not None:
         # closing and hole filling must not bring ink or debris back
         bad = np.unpackbits(bad, count=mask.size).reshape(mask.shape).view(bool)
@@ -429,8 +422,7 @@ def detect_tissue(
     else:  # detection reduces each strip as it is read: the RGB image is never whole
         strips = slide.iter_downsampled(ds)
     mask, method, thr, pen_frac = _detect(strips, shape, mpp_t, p_eff)
-    if hasattr(slide, "drop_tile_cache"):
-        slide.drop_tile_cache()  # the thumbnail level's tiles are not read again
+    slide.drop_tile_cache()  # the thumbnail level's tiles are not read again
     release_memory()
     return TissueMask(
         mask=mask,
