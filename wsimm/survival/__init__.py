@@ -8,12 +8,14 @@ from wsimm.survival._bins import TimeBins
 from wsimm.survival._metrics import (
     brier_scores,
     c_index,
+    censoring_survival,
     eval_times,
     integrated_brier_score,
     kaplan_meier,
     km_plot,
     logrank_test,
     td_auc,
+    td_auc_mean,
     uno_c_index,
 )
 
@@ -21,11 +23,13 @@ __all__ = [
     "TimeBins",
     "brier_scores",
     "c_index",
+    "censoring_survival",
     "eval_times",
     "integrated_brier_score",
     "kaplan_meier",
     "km_plot",
     "logrank_test",
     "td_auc",
+    "td_auc_mean",
     "uno_c_index",
 ]

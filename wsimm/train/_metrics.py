@@ -50,16 +50,26 @@ def survival_metrics(
     train_time: np.ndarray,
     train_event: np.ndarray,
 ) -> dict[str, float]:
-    """``c_index`` (Harrell), ``c_index_uno``, ``td_auc`` (mean cumulative/dynamic AUC over the
-    evaluation grid) and ``ibs``; ``surv_fn(times) -> (n, len(times))`` gives predicted
-    event-free probabilities. IPCW weights use the training patients' censoring."""
-    from wsimm.survival import c_index, eval_times, integrated_brier_score, td_auc, uno_c_index
+    """``c_index`` (Harrell), ``c_index_uno``, ``td_auc`` (the cumulative/dynamic AUC over the
+    evaluation grid, summarised as scikit-survival's ``mean_auc``) and ``ibs``;
+    ``surv_fn(times) -> (n, len(times))`` gives predicted event-free probabilities. IPCW
+    weights use the training patients' censoring. Each equals scikit-survival's metric."""
+    from wsimm.survival import (
+        c_index,
+        eval_times,
+        integrated_brier_score,
+        td_auc,
+        td_auc_mean,
+        uno_c_index,
+    )
 
     times = eval_times(train_time, train_event, time)
     aucs = td_auc(time, event, risk, times, train_time, train_event)
+    ok = np.isfinite(aucs)
     return {
         "c_index": c_index(time, event, risk),
         "c_index_uno": uno_c_index(time, event, risk, train_time, train_event),
-        "td_auc": float(np.mean(aucs[np.isfinite(aucs)])) if np.isfinite(aucs).any() else np.nan,
+        # over the grid times that have cases and controls (scikit-survival given those times)
+        "td_auc": td_auc_mean(time, event, aucs[ok], times[ok]) if ok.any() else np.nan,
         "ibs": integrated_brier_score(time, event, surv_fn(times), times, train_time, train_event),
     }
