@@ -419,6 +419,15 @@ def _print_run(res) -> None:
     )
     console = stdout_console()
     console.print(table)
+    if m.get("clinical"):
+        used = ", ".join(f"{c} ({t})" for c, t in m["clinical"]["columns"].items())
+        console.print(f"clinical columns used: {used}", soft_wrap=True)
+        if m["clinical"]["excluded"]:
+            left = ", ".join(f"{c} ({why})" for c, why in m["clinical"]["excluded"].items())
+            console.print(
+                f"clinical columns left out: {left}; name them with --clinical-cols to use them",
+                soft_wrap=True,
+            )
     if m.get("baselines"):
         key = keys[0]
         cmp = Table(title=f"{key} on the same folds (mean ± sd)")

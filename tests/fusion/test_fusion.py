@@ -81,7 +81,7 @@ def test_inputs_typing_and_groups(cohort, tmp_path):
     co, paths = cohort
     mods = _mods(co, paths)
     types = {"age": "numeric", "sex": "categorical", "stage": "categorical"}
-    assert mods.clinical_spec.types == types
+    assert mods.clinical_spec.infer(mods.clinical) == types
     assert set(mods.omics.assays) == {"rnaseq", "cnv", "mut"}
     assert len(mods.gene_groups) == 6
     # GMT and wide-CSV gene groups give the same groups

@@ -19,6 +19,7 @@ from wsimm.fusion._inputs import (
     read_clinical,
     read_gene_groups,
     read_omics,
+    reserved_reason,
 )
 from wsimm.fusion._linear import LinearBaseline, WideWeights, design_matrix
 from wsimm.fusion._model import FUSIONS, FusionEnsemble, FusionNet, FusionOutput, FusionSpec
@@ -45,4 +46,5 @@ __all__ = [
     "read_clinical",
     "read_gene_groups",
     "read_omics",
+    "reserved_reason",
 ]

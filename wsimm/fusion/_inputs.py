@@ -25,6 +25,7 @@ __all__ = [
     "read_clinical",
     "read_gene_groups",
     "read_omics",
+    "reserved_reason",
 ]
 
 #: column suffixes of a wide omics table and the assay each names
@@ -172,19 +173,64 @@ def read_gene_groups(path: str | os.PathLike[str]) -> dict[str, list[str]]:
 # -- clinical ---------------------------------------------------------------------------------
 
 
+#: column names that are ids, outcomes or split bookkeeping, never features unless a user
+#: names them: (pattern on the lower-cased name, why it is left out)
+_RESERVED = (
+    (r"^(unnamed:_?\d*|index|level_0)$", "a row index"),
+    (r"(^|_)(id|ids|uuid|barcode)$", "an id"),
+    (r"^(case|patient|sample|slide|subject|submitter)(_?(id|ids|name|barcode|uuid))?$", "an id"),
+    (
+        r"^(train|training|val|valid|validation|test|testing|split|splits|fold|folds|set|subset)$",
+        "a split flag",
+    ),
+    (r"^(is_|in_)?(train|val|test)(ing)?(_set|_split|_fold|_flag)?$", "a split flag"),
+    (
+        r"censor|surviv|vital|^days_to_|(^|_)(os|pfs|pfi|dfs|dfi|dss|efs|rfs|ttp|ttr)(_|$)",
+        "an outcome",
+    ),
+    (
+        r"^(time|event|status|death|dead|deceased|outcome|label|target|y|disc_label|risk)$",
+        "an outcome",
+    ),
+    (r"(_|^)(label|target)$", "an outcome"),
+)
+
+
+def reserved_reason(name: str) -> str | None:
+    """Why a column named ``name`` is not a clinical feature by default (an id, an outcome, a
+    split flag such as PORPOISE's ``train``), or ``None``."""
+    import re
+
+    low = re.sub(r"[.\-\s]+", "_", str(name).strip().lower())  # OS.time, PFI-time
+    for pattern, why in _RESERVED:
+        if re.search(pattern, low):
+            return why
+    return None
+
+
 @dataclass
 class ClinicalSpec:
-    """Which clinical columns to use and how: ``types`` maps column -> ``numeric`` or
-    ``categorical``."""
+    """Which clinical columns a run uses and how their types are decided.
 
-    types: dict[str, str]
+    ``columns``: the columns used; ``overrides``: column -> ``numeric`` or ``categorical``,
+    given by the user; ``excluded``: column -> why it was left out (ids, outcomes, split
+    flags, omics). Types of the other columns are inferred per fold on the training patients
+    (:meth:`infer`), never on the whole table."""
+
+    columns: list[str]
+    overrides: dict[str, str] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)
+
+    def infer(self, train: pd.DataFrame) -> dict[str, str]:
+        """Column -> type, from the rows of ``train`` (the training patients)."""
+        return infer_clinical_types(train, self.columns, self.overrides)
 
 
 def infer_clinical_types(
     df: pd.DataFrame, columns: list[str], overrides: dict[str, str] | None = None
 ) -> dict[str, str]:
     """Numeric columns with more than two distinct values are ``numeric``; text, booleans and
-    0/1 flags are ``categorical``. ``overrides`` win."""
+    0/1 flags are ``categorical``. ``overrides`` win. Pass the training patients' rows."""
     types = {}
     for c in columns:
         s = df[c]
@@ -207,10 +253,17 @@ def read_clinical(
     exclude: list[str],
     types: dict[str, str] | None = None,
 ) -> tuple[pd.DataFrame, ClinicalSpec]:
-    """One row per patient of the clinical columns. Without ``columns``, every column but the
-    ids, the outcome columns (``exclude``) and omics-suffixed columns is used."""
+    """One row per patient of the clinical columns.
+
+    Without ``columns``, every column is used except: the ids and outcome columns of the run
+    (``exclude``), omics-suffixed columns, and columns whose name marks an id, an outcome or a
+    split flag (``train``, ``val``, ``fold``, ``censorship``, ``survival_months``, ``os_time``,
+    ...; see :func:`reserved_reason`). The spec records every column left out and why. Columns
+    named in ``columns`` are used as given, except the run's own ids and outcomes."""
     src = str(path)
     df = _patients(read_table(path), patient_col, src)
+    excluded: dict[str, str] = {}
+    run_cols = set(exclude)
     if columns:
         missing = [c for c in columns if c not in df.columns]
         if missing:
@@ -219,17 +272,29 @@ def read_clinical(
                 f"(has {', '.join(map(str, df.columns[:12]))}...)"
             )
     else:
-        drop = set(exclude)
-        columns = [
-            c
-            for c in df.columns
-            if c not in drop
-            and not str(c).startswith("Unnamed")
-            and not any(str(c).endswith(f"_{a}") for a in ASSAYS)
-        ]
+        columns = []
+        for c in df.columns:
+            why = (
+                "an id or outcome of this run"
+                if c in run_cols
+                else "omics"
+                if any(str(c).endswith(f"_{a}") for a in ASSAYS)
+                else reserved_reason(str(c))
+            )
+            if why is None:
+                columns.append(c)
+            elif why != "omics":
+                excluded[str(c)] = why
         if not columns:
             raise DataError(f"{src}: no clinical columns left; name them with --clinical-cols")
-    spec = ClinicalSpec(infer_clinical_types(df, columns, types))
+    unknown = sorted(set(types or {}) - set(columns))
+    if unknown:
+        raise ConfigError(
+            f"clinical type given for {', '.join(map(repr, unknown))}, which is not a clinical "
+            f"column (used: {', '.join(map(str, columns))})"
+        )
+    spec = ClinicalSpec(list(columns), dict(types or {}), excluded)
+    infer_clinical_types(df.iloc[:0], spec.columns, spec.overrides)  # check the overrides now
     return df[columns], spec
 
 
@@ -334,7 +399,7 @@ class Preprocessor:
                     pre.proj.append(p_.astype(np.float32))
         if mods.clinical is not None and mods.clinical_spec is not None:
             tr = mods.clinical.reindex([p for p in train_ids if p in mods.clinical.index])
-            for c, t in mods.clinical_spec.types.items():
+            for c, t in mods.clinical_spec.infer(tr).items():
                 if t == "numeric":
                     v = pd.to_numeric(tr[c], errors="coerce").dropna()
                     mu = float(v.mean()) if len(v) else 0.0

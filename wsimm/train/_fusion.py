@@ -80,7 +80,7 @@ def load_fusion_data(cfg: TrainConfig, ex: Examples, source: BagSource | None) -
             exclude=exclude,
             types=cfg.clinical_types,
         )
-        outcome_like = sorted(set(spec.types) & set(exclude))
+        outcome_like = sorted(set(spec.columns) & set(exclude))
         if outcome_like:
             raise DataError(
                 f"{cfg.clinical}: clinical column(s) {', '.join(outcome_like)} are ids or "

@@ -151,6 +151,7 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
         splits.to_csv(out / "splits.csv", index=False)
 
     fold_rows, preds, failed = [], [], {}
+    clin_types: dict[int, dict[str, str]] = {}
     fold_sets = {
         int(k): {s: d.loc[d["set"] == s, "patient_id"].tolist() for s in ("train", "val", "test")}
         for k, d in splits.groupby("fold", sort=True)
@@ -190,6 +191,12 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
                     continue
                 fdir = out / f"fold_{k}"
                 res.model.meta["classes"] = ex.classes
+                pre = getattr(res, "preprocess", None)
+                if pre is not None and (pre.clin_num or pre.clin_cat):
+                    clin_types[int(k)] = {
+                        **dict.fromkeys(pre.clin_num, "numeric"),
+                        **dict.fromkeys(pre.clin_cat, "categorical"),
+                    }
                 if job.main:
                     if fd is None:
                         res.model.save(fdir)
@@ -226,6 +233,9 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
         metrics["model"] = f"{cfg.fusion} fusion"
         metrics["modalities"] = fd.mods.names
         metrics["baselines"] = baselines
+        spec = fd.mods.clinical_spec
+        if spec is not None:
+            metrics["clinical"] = clinical_summary(spec, clin_types)
     if not job.main:  # the other ranks computed the same folds; rank 0 writes them
         return RunResult(out, metrics, predictions, failed, time.perf_counter() - t0)
     predictions.to_csv(out / "predictions.csv", index=False)
@@ -244,6 +254,23 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
         )
     (out / "metrics.json").write_text(json.dumps(json_clean(metrics), indent=1))
     return RunResult(out, metrics, predictions, failed, time.perf_counter() - t0)
+
+
+def clinical_summary(spec, fold_types: dict[int, dict[str, str]]) -> dict[str, Any]:
+    """Which clinical columns a run used, as what type (inferred on each fold's training
+    patients: a column typed differently in some folds says which), and which it left out."""
+    types: dict[str, str] = {}
+    for c in spec.columns:
+        by_type: dict[str, list[int]] = {}
+        for k, t in sorted(fold_types.items()):
+            by_type.setdefault(t.get(c, "unused"), []).append(k)
+        if len(by_type) == 1:
+            types[c] = next(iter(by_type))
+        else:
+            types[c] = "; ".join(
+                f"{t} (fold {', '.join(map(str, ks))})" for t, ks in sorted(by_type.items())
+            )
+    return {"columns": types, "excluded": dict(spec.excluded)}
 
 
 def _check_scored(predictions: pd.DataFrame, splits: pd.DataFrame) -> None:
