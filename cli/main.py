@@ -451,15 +451,37 @@ def predict(
         typer.Option("--labels", help="Patients and slides (outcomes optional, for metrics)."),
     ] = None,
     device: Device = "auto",
+    in_sample_metrics: Annotated[
+        bool,
+        typer.Option(
+            "--in-sample-metrics",
+            help="Also score the run's own patients (trained on: optimistic, marked in_sample_).",
+        ),
+    ] = False,
 ) -> None:
-    """Apply every fold model of a run to the slides of a store (averaged over folds)."""
+    """Apply every fold model of a run to the slides of a store (averaged over folds).
+
+    Patients of the run's own cohort are marked in_sample and left out of the metrics."""
     from wsimm.train import predict as run_predict
 
     one_line_warnings()
-    res, metrics = run_predict(run, store, labels=labels, out=out, device=device)
+    res, metrics = run_predict(
+        run, store, labels=labels, out=out, device=device, in_sample_metrics=in_sample_metrics
+    )
+    n_in = int(res["in_sample"].sum())
     typer.echo(f"wrote {len(res)} predictions to {out}")
+    if n_in:
+        typer.echo(
+            f"{n_in} of {len(res)} patients are the run's own (trained on by its folds): "
+            "marked in_sample and left out of the metrics"
+            + ("" if in_sample_metrics else " (--in-sample-metrics scores them apart)")
+        )
     if metrics:
-        typer.echo(", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        typer.echo(
+            ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+            )
+        )
 
 
 @app.command()

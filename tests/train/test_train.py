@@ -15,6 +15,7 @@ pytest.importorskip("sklearn")
 from safetensors.numpy import load_file
 
 from wsimm.errors import ConfigError, DataError, WsimmWarning
+from wsimm.testing import bags_to_store, make_mil_cohort
 from wsimm.train import TrainConfig, make_splits, predict, train
 from wsimm.train._run import _check_scored
 
@@ -142,12 +143,26 @@ def test_per_slide_pooling_and_censorship_convention(small_survival, tmp_path):
 
 
 def test_predict_applies_every_fold_to_a_store(small_grade, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
     c, store, labels = small_grade
     _run(store, labels, tmp_path / "run", task="grade")
+    # the run's own patients: every fold but one trained on them, so no metrics by default
     res, metrics = predict(tmp_path / "run", store, labels=labels, out=tmp_path / "p.csv")
-    assert len(res) == 24 and metrics is not None and "auc" in metrics
+    assert len(res) == 24 and res["in_sample"].all() and metrics is None
+    _, m_in = predict(tmp_path / "run", store, labels=labels, in_sample_metrics=True)
+    assert set(m_in) >= {"in_sample_auc", "n_in_sample"} and "auc" not in m_in
     res2, m2 = predict(tmp_path / "run", store)  # no labels: one row per slide
     assert len(res2) == len(c.bags) and m2 is None
+    # a new cohort (other ids): scored out of sample, metrics of the fold ensemble
+    new = make_mil_cohort(30, task="grade", seed=99, feature_dim=16, tiles_per_slide=(10, 20))
+    new.labels["patient_id"] = "new-" + new.labels["patient_id"]
+    new.labels["slide_id"] = "new-" + new.labels["slide_id"]
+    bags_to_store({f"new-{k}": v for k, v in new.bags.items()}, tmp_path / "new.zarr")
+    new.labels.to_csv(tmp_path / "new.csv", index=False)
+    res3, m3 = predict(tmp_path / "run", tmp_path / "new.zarr", labels=tmp_path / "new.csv")
+    assert not res3["in_sample"].any() and m3["n_patients"] == len(res3)
+    assert m3["auc"] == pytest.approx(roc_auc_score(res3["label"], res3["prob_1"]), abs=1e-12)
 
 
 # -- guards -----------------------------------------------------------------------------
@@ -238,3 +253,13 @@ def test_config_file_and_unknown_keys(small_grade, tmp_path):
     (tmp_path / "bad.yaml").write_text("task: grade\nepoch: 3\n")
     with pytest.raises(ConfigError, match="unknown keys epoch"):
         TrainConfig.load(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize(
+    "option",
+    [{"batch_size": 16}, {"multi_slide": "slides"}, {"workers": 4}, {"balance": "sampler"}],
+)
+def test_fusion_refuses_options_it_would_ignore(option):
+    with pytest.raises(ConfigError, match="not used with --fusion graph"):
+        TrainConfig(labels="l.csv", omics="o.csv", fusion="graph", **option).validate()
+    TrainConfig(labels="l.csv", store="s.zarr", **option).validate()  # slide-only: honoured

@@ -99,9 +99,30 @@ class TrainConfig:
             self.clinical_cols = [c.strip() for c in self.clinical_cols.split(",") if c.strip()]
         if self.epochs < 1 or self.batch_size < 1 or self.n_bins < 1 or self.graph_batch_size < 1:
             raise ConfigError("epochs, batch_size, graph_batch_size and n_bins must be >= 1")
+        if self.fusion != "none":
+            self._refuse_slide_only_options()
         if self.max_tiles is not None and self.max_tiles < 1:
             raise ConfigError(f"max_tiles must be >= 1 or unset, got {self.max_tiles}")
         return self
+
+    def _refuse_slide_only_options(self) -> None:
+        """Options that slide-only training honours and fusion runs do not: refused, so no
+        setting is silently ignored."""
+        default = TrainConfig()
+        refused = {
+            "batch_size": "--batch-size (fusion runs batch patients' graphs: set "
+            "graph_batch_size in --config)",
+            "multi_slide": "--multi-slide (fusion runs give each slide its own node)",
+            "workers": "workers (fusion runs read tiles in the training process)",
+        }
+        for name, what in refused.items():
+            if getattr(self, name) != getattr(default, name):
+                raise ConfigError(f"{what} is not used with --fusion {self.fusion}; remove it")
+        if self.balance == "sampler":
+            raise ConfigError(
+                f"balance: sampler is not used with --fusion {self.fusion}; use weights "
+                "(class-weighted loss) or none"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

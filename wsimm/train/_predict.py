@@ -64,11 +64,17 @@ def predict(
     out: str | os.PathLike[str] | None = None,
     device: str = "auto",
     workers: int = 2,
+    in_sample_metrics: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, float] | None]:
     """Predict every patient of ``labels`` (or every slide of the store, one slide per
     patient, without labels) with each fold's model, averaged: class probabilities for
     grading, risk (and per-fold risks) for survival. Returns the table (also written to
-    ``out``) and, when the labels carry outcomes, the metrics of the ensemble."""
+    ``out``) and, when the labels carry outcomes, the metrics of the ensemble.
+
+    Patients of the run's own cohort (its ``splits.csv``) were trained on by most fold models:
+    the table marks them ``in_sample`` and the metrics leave them out. With
+    ``in_sample_metrics``, their metrics are added under ``in_sample_<metric>`` (optimistic by
+    construction; never report them as a test result)."""
     from wsimm.store import open_store
     from wsimm.train._metrics import grade_metrics
     from wsimm.train._run import resolve_device
@@ -96,6 +102,8 @@ def predict(
         )
     ids = table["patient_id"].tolist()
     res = pd.DataFrame({"patient_id": ids, "slides": [";".join(slides[p]) for p in ids]})
+    seen = run_patients(r.path)
+    res["in_sample"] = res["patient_id"].astype(str).isin(seen)
     outs = [fm.outputs(source, ids, device=dev, workers=workers)[0] for fm in r.folds]
     metrics = None
     if cfg.task == "grade":
@@ -111,7 +119,11 @@ def predict(
             if unknown:
                 raise DataError(f"{labels}: labels {unknown} were not seen in training {classes}")
             res["label"] = [classes.index(n) for n in names]
-            metrics = grade_metrics(res["label"].to_numpy(), prob)
+            metrics = _split_metrics(
+                res,
+                lambda sel: grade_metrics(res["label"].to_numpy()[sel], prob[sel]),
+                in_sample_metrics,
+            )
     else:
         risks = np.stack([fm.risk(o) for fm, o in zip(r.folds, outs, strict=True)], 1)
         res["risk"] = risks.mean(1)
@@ -121,8 +133,36 @@ def predict(
             from wsimm.survival import c_index
 
             res["time"], res["event"] = table["time"].to_numpy(), table["event"].to_numpy()
-            metrics = {"c_index": c_index(res["time"], res["event"], res["risk"])}
+            metrics = _split_metrics(
+                res,
+                lambda sel: {
+                    "c_index": c_index(res["time"][sel], res["event"][sel], res["risk"][sel])
+                },
+                in_sample_metrics,
+            )
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         res.to_csv(out, index=False)
     return res, metrics
+
+
+def run_patients(run_dir: str | os.PathLike[str]) -> set[str]:
+    """The patients a run trained, validated or tested on (its ``splits.csv``)."""
+    p = Path(run_dir) / "splits.csv"
+    if not p.is_file():
+        return set()
+    return set(pd.read_csv(p, usecols=["patient_id"], dtype=str)["patient_id"])
+
+
+def _split_metrics(res: pd.DataFrame, score, in_sample: bool) -> dict[str, float] | None:
+    """Metrics of the patients the run never saw (``n_patients`` of them) and, when asked,
+    of those it trained on, under ``in_sample_*``; ``None`` when there is nothing to report."""
+    inside = res["in_sample"].to_numpy()
+    out: dict[str, float] = {}
+    if (~inside).sum() >= 2:
+        out.update(score(~inside))
+        out["n_patients"] = int((~inside).sum())
+    if in_sample and inside.sum() >= 2:
+        out.update({f"in_sample_{k}": v for k, v in score(inside).items()})
+        out["n_in_sample"] = int(inside.sum())
+    return out or None
