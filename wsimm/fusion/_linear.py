@@ -82,7 +82,8 @@ class LinearBaseline:
 
             z = omics_block(mods, pre, pids)
             k = int(min(self.n_components, z.shape[0] - 1, z.shape[1]))
-            self.pca = PCA(k, random_state=0).fit(z)
+            # the exact solver: a randomized one makes the fit depend on the row order
+            self.pca = PCA(k, svd_solver="full").fit(z)
         X = design_matrix(mods, pre, pids, pca=self.pca)
         self.columns = [c for c in X.columns if X[c].std() > 1e-12]
         X = X[self.columns]
@@ -106,6 +107,20 @@ class LinearBaseline:
             self.model = LogisticRegression(C=1.0 / max(self.penalizer, 1e-6), max_iter=2000)
             self.model.fit(X.to_numpy() if len(self.columns) else np.zeros((len(X), 1)), y)
         return self
+
+    def state(self) -> dict[str, np.ndarray]:
+        """What the fit learnt, as arrays (written per fold next to a baseline's
+        predictions): the design columns, the coefficients (and intercepts), the PCA."""
+        out = {"columns": np.asarray(self.columns, dtype=str)}
+        if self.task == "survival":
+            out["coef"] = np.asarray(self.coef, np.float64)
+        else:
+            out["coef"] = np.asarray(self.model.coef_, np.float64)
+            out["intercept"] = np.asarray(self.model.intercept_, np.float64)
+        if self.pca is not None:
+            out["pca_mean"] = self.pca.mean_
+            out["pca_components"] = self.pca.components_
+        return out
 
     def wide_weights(self, n_outputs: int) -> WideWeights:
         """This fitted model written over a fusion network's own inputs (standardised clinical

@@ -567,7 +567,10 @@ def fit_linear_fold(
         logits = np.log(np.clip(lb.predict(te["patient_id"].tolist()), 1e-12, None))
     metrics = _score(fm, te, logits, tr)
     preds = _prediction_rows(fm, te, logits, fold)
-    return FoldResult(fold, fm, metrics, preds, pd.DataFrame(), -1, tr["patient_id"].tolist())
+    res = FoldResult(fold, fm, metrics, preds, pd.DataFrame(), -1, tr["patient_id"].tolist())
+    res.linear = lb  # type: ignore[attr-defined]
+    res.preprocess = pre  # type: ignore[attr-defined]
+    return res
 
 
 def run_baselines(
@@ -609,6 +612,12 @@ def run_baselines(
                 continue
             rows.append({"fold": k, **res.metrics, "best_epoch": res.best_epoch})
             preds.append(res.predictions)
+            lin = getattr(res, "linear", None)
+            if lin is not None and current().main:  # what each fold's linear fit learnt
+                fdir = out / "baselines" / name / f"fold_{k}"
+                fdir.mkdir(parents=True, exist_ok=True)
+                np.savez(fdir / "linear.npz", **lin.state())
+                (fdir / "preprocess.json").write_text(json.dumps(res.preprocess.to_dict()))  # type: ignore[attr-defined]
         d = out / "baselines" / name
         if current().main:  # under torchrun, rank 0 writes
             d.mkdir(parents=True, exist_ok=True)
