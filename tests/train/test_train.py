@@ -42,6 +42,20 @@ def test_run_directory_matches_the_contract(small_grade, tmp_path):
     assert np.allclose(pred[["prob_0", "prob_1"]].sum(1), 1, atol=1e-5)
     for k in range(3):
         assert (run / f"fold_{k}" / "model.safetensors").is_file()
+    # each reported metric is the reference library's on that fold's written predictions
+    from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, roc_auc_score
+
+    for r in m["folds"]:
+        p = pred[pred["fold"] == r["fold"]]
+        assert r["auc"] == pytest.approx(roc_auc_score(p["label"], p["prob_1"]), abs=1e-9)
+        bacc = balanced_accuracy_score(p["label"], p["pred"])
+        assert r["balanced_accuracy"] == pytest.approx(bacc, abs=1e-12)
+        kappa = cohen_kappa_score(p["label"], p["pred"], weights="quadratic", labels=[0, 1])
+        assert r["kappa"] == pytest.approx(kappa, abs=1e-12)
+    for key in ("auc", "balanced_accuracy", "kappa"):
+        vals = [r[key] for r in m["folds"]]
+        assert m["mean"][key] == pytest.approx(np.mean(vals), abs=1e-12)
+        assert m["std"][key] == pytest.approx(np.std(vals, ddof=1), abs=1e-12)
     cfg = TrainConfig.load(run / "config.yaml")
     assert cfg.encoder == "synthetic" and cfg.task == "grade"
     assert res.metrics == {**m, **{}}
@@ -108,11 +122,40 @@ def test_nothing_is_fitted_on_test_patients(small_survival, tmp_path):
 
 
 def test_survival_run_writes_km_plot_and_survival_metrics(small_survival, tmp_path):
+    """Each fold's c_index, c_index_uno and td_auc are scikit-survival's on the written test
+    predictions, with IPCW from that fold's training patients; the risk groups cut at the
+    training median."""
+    sksurv = pytest.importorskip("sksurv.metrics")
+    from sksurv.util import Surv
+
+    from wsimm.survival import eval_times
+
     _, store, labels = small_survival
     res = _run(store, labels, tmp_path / "r", task="survival", survival_loss="cox")
     assert (tmp_path / "r" / "km.png").is_file()
-    for key in ("c_index", "c_index_uno", "td_auc", "ibs"):
-        assert key in res.metrics["mean"]
+    pred = pd.read_csv(tmp_path / "r" / "predictions.csv", dtype={"patient_id": str})
+    splits = pd.read_csv(tmp_path / "r" / "splits.csv", dtype={"patient_id": str})
+    lab = pd.read_csv(labels, dtype={"patient_id": str}).drop_duplicates("patient_id")
+    lab = lab.set_index("patient_id")
+    checked = 0
+    for r in res.metrics["folds"]:
+        p = pred[pred["fold"] == r["fold"]]
+        tr = splits[(splits["fold"] == r["fold"]) & (splits["set"] == "train")]["patient_id"]
+        tt, te = lab.loc[tr, "time"].to_numpy(float), lab.loc[tr, "event"].to_numpy(bool)
+        t, e, risk = p["time"].to_numpy(float), p["event"].to_numpy(bool), p["risk"].to_numpy()
+        assert r["c_index"] == pytest.approx(
+            sksurv.concordance_index_censored(e, t, risk)[0], abs=1e-9
+        )
+        y_tr, y_te = Surv.from_arrays(te, tt), Surv.from_arrays(e, t)
+        if t.max() <= tt.max():  # scikit-survival needs G defined at every test time
+            uno = sksurv.concordance_index_ipcw(y_tr, y_te, risk, tau=tt.max())[0]
+            assert r["c_index_uno"] == pytest.approx(uno, abs=1e-9)
+            times = eval_times(tt, te, t)
+            _, mean_auc = sksurv.cumulative_dynamic_auc(y_tr, y_te, risk, times)
+            assert r["td_auc"] == pytest.approx(mean_auc, abs=1e-9)
+            checked += 1
+        assert 0 < r["ibs"] < 0.5
+    assert checked >= 2, "the IPCW metrics were compared on too few folds"
     assert set(res.predictions["risk_group"]) <= {"low", "high"}
 
 
