@@ -366,6 +366,14 @@ def train(
         str | None,
         typer.Option("--baselines", help="Baselines on the same folds: auto, none or names."),
     ] = None,
+    tune: Annotated[
+        bool | None,
+        typer.Option(
+            "--tune/--no-tune",
+            help="Choose lr and weight decay (or a tune: grid in --config) per fold by inner "
+            "cross-validation on its training patients.",
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML with any of these options.")
     ] = None,
@@ -396,7 +404,7 @@ def train(
 def _print_run(res) -> None:
     from rich.table import Table
 
-    from wsimm.train._run import METRIC_KEYS
+    from wsimm.train._metrics import METRIC_KEYS
 
     m = res.metrics
     keys = METRIC_KEYS[m["task"]]

@@ -64,6 +64,9 @@ class TrainConfig:
     fusion_kwargs: dict[str, Any] = field(default_factory=dict)
     graph_batch_size: int = 64
     baselines: str = "auto"
+    # hyper-parameters by inner cross-validation on each outer fold's training patients
+    # (wsimm.train._tune): None = off, {} = the default grid, or {"grid": ..., "folds": ...}
+    tune: dict[str, Any] | None = None
 
     def validate(self) -> TrainConfig:
         if self.task not in TASKS:
@@ -99,6 +102,12 @@ class TrainConfig:
             self.clinical_cols = [c.strip() for c in self.clinical_cols.split(",") if c.strip()]
         if self.epochs < 1 or self.batch_size < 1 or self.n_bins < 1 or self.graph_batch_size < 1:
             raise ConfigError("epochs, batch_size, graph_batch_size and n_bins must be >= 1")
+        if self.tune is True:
+            self.tune = {}
+        elif self.tune is False:
+            self.tune = None
+        elif self.tune is not None and not isinstance(self.tune, dict):
+            raise ConfigError(f"tune must be true, false or a mapping, got {self.tune!r}")
         if self.fusion != "none":
             self._refuse_slide_only_options()
         if self.max_tiles is not None and self.max_tiles < 1:
@@ -153,6 +162,8 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"{p}: expected a mapping of option: value")
         d = {k.replace("-", "_"): v for k, v in d.items()}
+        if overrides.get("tune") is True and isinstance(d.get("tune"), dict):
+            overrides = {k: v for k, v in overrides.items() if k != "tune"}  # --tune + a block
         d.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(d, source=str(p))
 

@@ -34,6 +34,7 @@ from wsimm.train._data import BagSource, FeatureNorm
 from wsimm.train._dist import current
 from wsimm.train._fit import EpochSelection, FoldResult, _Objective, _prediction_rows, _score
 from wsimm.train._fold import FoldModel, breslow, json_clean
+from wsimm.train._metrics import summarise_folds
 from wsimm.train._tables import Examples, _listing
 
 
@@ -582,21 +583,23 @@ def run_baselines(
     *,
     device: str,
     bar=None,
+    fold_cfgs: dict[int, TrainConfig] | None = None,
 ) -> dict[str, dict]:
     """Fit every baseline of :func:`baseline_plan` on the run's folds; write
-    ``baselines/<name>/predictions.csv``; return per baseline its folds, mean and std."""
-    from wsimm.train._run import summarise_folds
-
+    ``baselines/<name>/predictions.csv``; return per baseline its folds, mean and std.
+    ``fold_cfgs``: per fold, the settings the run's model trained with there (``--tune``
+    chooses them per fold); the network baselines train with the same."""
     results: dict[str, dict] = {}
     for name, how in baseline_plan(cfg, fd.mods.names):
         rows, preds, failed = [], [], {}
         for k, sets in fold_sets.items():
+            k_cfg = (fold_cfgs or {}).get(int(k), cfg)
             try:
                 if "linear" in how:
-                    res = fit_linear_fold(cfg, fd, table, sets, k, use_omics=how["linear"])
+                    res = fit_linear_fold(k_cfg, fd, table, sets, k, use_omics=how["linear"])
                 else:
                     res = fit_fusion_fold(
-                        cfg,
+                        k_cfg,
                         fd,
                         table,
                         sets,

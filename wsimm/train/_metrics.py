@@ -3,9 +3,16 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
+
+#: the metric each task reports first (DESIGN.md contract keys come first)
+METRIC_KEYS = {
+    "grade": ["auc", "balanced_accuracy", "kappa", "f1", "accuracy"],
+    "survival": ["c_index", "c_index_uno", "td_auc", "ibs"],
+}
 
 
 def grade_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
@@ -73,3 +80,16 @@ def survival_metrics(
         "td_auc": td_auc_mean(time, event, aucs[ok], times[ok]) if ok.any() else np.nan,
         "ibs": integrated_brier_score(time, event, surv_fn(times), times, train_time, train_event),
     }
+
+
+def summarise_folds(task: str, rows: list[dict]) -> tuple[dict, dict]:
+    """Mean and standard deviation over folds of each metric (NaN folds left out)."""
+    keys = list(METRIC_KEYS[task])
+    keys += sorted({k for r in rows for k in r if "_without_" in k})
+    mean, std = {}, {}
+    for key in keys:
+        v = np.array([r[key] for r in rows if r.get(key) is not None], np.float64)
+        v = v[np.isfinite(v)]
+        mean[key] = float(v.mean()) if len(v) else math.nan
+        std[key] = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+    return mean, std

@@ -4,7 +4,6 @@ the run directory (config.yaml, splits.csv, fold_<k>/, metrics.json, predictions
 from __future__ import annotations
 
 import json
-import math
 import time
 import traceback
 import warnings
@@ -12,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from wsimm._progress import progress
@@ -20,14 +18,9 @@ from wsimm.errors import ConfigError, DataError, WsimmWarning
 from wsimm.train._config import TrainConfig
 from wsimm.train._data import BagSource
 from wsimm.train._fold import json_clean
+from wsimm.train._metrics import METRIC_KEYS, summarise_folds
 from wsimm.train._splits import add_validation, check_splits, load_splits, make_splits
 from wsimm.train._tables import load_examples
-
-#: the metric each task reports first (DESIGN.md contract keys come first)
-METRIC_KEYS = {
-    "grade": ["auc", "balanced_accuracy", "kappa", "f1", "accuracy"],
-    "survival": ["c_index", "c_index_uno", "td_auc", "ibs"],
-}
 
 
 @dataclass
@@ -68,6 +61,10 @@ def train(
     """
     t0 = time.perf_counter()
     cfg = (cfg or TrainConfig(**options)).validate()
+    if cfg.tune is not None:
+        from wsimm.train._tune import TuneSpec
+
+        TuneSpec.from_config(cfg.tune)  # a bad grid fails before anything is written
     out = Path(cfg.out)
     if (out / "metrics.json").exists() and not overwrite:
         raise ConfigError(
@@ -152,6 +149,9 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
 
     fold_rows, preds, failed = [], [], {}
     clin_types: dict[int, dict[str, str]] = {}
+    fold_cfgs: dict[int, TrainConfig] = {}
+    tunings: list[pd.DataFrame] = []
+    strata_of = dict(zip(ids, strata, strict=True))
     fold_sets = {
         int(k): {s: d.loc[d["set"] == s, "patient_id"].tolist() for s in ("train", "val", "test")}
         for k, d in splits.groupby("fold", sort=True)
@@ -163,24 +163,36 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
         with progress(quiet=quiet) as bar:
             from wsimm.train._fit import fit_fold
 
+            def fit(c: TrainConfig, sets: dict, k: int, bar=None):
+                if fd is None:
+                    return fit_fold(c, source, ex.table, sets, k, device=device, bar=bar)
+                from wsimm.train._fusion import fit_fusion_fold
+
+                return fit_fusion_fold(
+                    c,
+                    fd,
+                    ex.table,
+                    sets,
+                    k,
+                    fusion=c.fusion,
+                    modalities=fd.mods.names,
+                    device=device,
+                    bar=bar,
+                )
+
             for k, sets in fold_sets.items():
                 try:
-                    if fd is None:
-                        res = fit_fold(cfg, source, ex.table, sets, k, device=device, bar=bar)
-                    else:
-                        from wsimm.train._fusion import fit_fusion_fold
+                    fold_cfg, tuned = cfg, None
+                    if cfg.tune is not None:  # inner CV on this fold's train + val patients
+                        from wsimm.train._tune import tune_fold, with_values
 
-                        res = fit_fusion_fold(
-                            cfg,
-                            fd,
-                            ex.table,
-                            sets,
-                            k,
-                            fusion=cfg.fusion,
-                            modalities=fd.mods.names,
-                            device=device,
-                            bar=bar,
+                        tuned = tune_fold(
+                            cfg, fit, sets["train"] + sets["val"], strata_of, int(k), bar=bar
                         )
+                        fold_cfg = with_values(cfg, tuned.chosen)
+                        tunings.append(tuned.table)
+                    fold_cfgs[int(k)] = fold_cfg
+                    res = fit(fold_cfg, sets, k, bar=bar)
                 except (DataError, ConfigError):
                     raise
                 except Exception as e:  # a fold that breaks is reported, the others go on
@@ -205,19 +217,24 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
 
                         save_fusion_fold(res, fdir)
                     res.history.to_csv(fdir / "history.csv", index=False)
+                    if tuned is not None:
+                        tuned.table.to_csv(fdir / "tuning.csv", index=False)
                 fold_rows.append(
                     {
                         "fold": int(k),
                         **res.metrics,
                         "best_epoch": res.best_epoch,
                         "n_test": len(sets["test"]),
+                        **({"tuned": tuned.chosen} if tuned is not None else {}),
                     }
                 )
                 preds.append(res.predictions)
             if fd is not None:
                 from wsimm.train._fusion import run_baselines
 
-                baselines = run_baselines(cfg, fd, ex.table, fold_sets, out, device=device, bar=bar)
+                baselines = run_baselines(
+                    cfg, fd, ex.table, fold_sets, out, device=device, bar=bar, fold_cfgs=fold_cfgs
+                )
     finally:
         torch.use_deterministic_algorithms(prev_det)
 
@@ -229,6 +246,11 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
     metrics = _summarise(cfg, fold_rows, failed)
     if job.active:
         metrics["processes"] = job.world
+    if tunings:
+        metrics["tuning"] = {
+            "metric": f"inner_{METRIC_KEYS[cfg.task][0]}",
+            "folds": {str(r["fold"]): r["tuned"] for r in fold_rows if "tuned" in r},
+        }
     if fd is not None:
         metrics["model"] = f"{cfg.fusion} fusion"
         metrics["modalities"] = fd.mods.names
@@ -239,6 +261,8 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
     if not job.main:  # the other ranks computed the same folds; rank 0 writes them
         return RunResult(out, metrics, predictions, failed, time.perf_counter() - t0)
     predictions.to_csv(out / "predictions.csv", index=False)
+    if tunings:
+        pd.concat(tunings, ignore_index=True).to_csv(out / "tuning.csv", index=False)
     if fd is not None:
         _comparison(cfg, fold_rows, baselines).to_csv(out / "comparison.csv", index=False)
     if cfg.task == "survival" and len(predictions):
@@ -295,19 +319,6 @@ def _comparison(cfg: TrainConfig, rows: list[dict], baselines: dict[str, Any]) -
     df = df.sort_index()
     df.loc["mean"] = df.mean()
     return df.reset_index()
-
-
-def summarise_folds(task: str, rows: list[dict]) -> tuple[dict, dict]:
-    """Mean and standard deviation over folds of each metric (NaN folds left out)."""
-    keys = list(METRIC_KEYS[task])
-    keys += sorted({k for r in rows for k in r if "_without_" in k})
-    mean, std = {}, {}
-    for key in keys:
-        v = np.array([r[key] for r in rows if r.get(key) is not None], np.float64)
-        v = v[np.isfinite(v)]
-        mean[key] = float(v.mean()) if len(v) else math.nan
-        std[key] = float(v.std(ddof=1)) if len(v) > 1 else math.nan
-    return mean, std
 
 
 def _summarise(cfg: TrainConfig, rows: list[dict], failed: dict[int, str]) -> dict[str, Any]:
