@@ -99,7 +99,7 @@ PLAN: dict[str, tuple[list[str], list[tuple[str, str, str]]]] = {
         [
             (
                 "2 workers / 1 worker (tiles/s)",
-                r"speed-up\D*([\d.]+)",
+                r"scaling 2 / 1 workers: ([\d.]+)x",
                 "the same slides on one Dask worker process",
             ),
         ],
