@@ -17,9 +17,9 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"
 def _read_slides(out: Path) -> None:
     from PIL import Image
 
-    thumb, centre = Image.open(out / "thumbnail.png"), Image.open(out / "centre.png")
-    assert max(thumb.size) == 512 and thumb.mode == "RGB"
-    assert np.asarray(centre).std() > 5  # tissue, not a blank read
+    with Image.open(out / "thumbnail.png") as thumb, Image.open(out / "centre.png") as centre:
+        assert max(thumb.size) == 512 and thumb.mode == "RGB"
+        assert np.asarray(centre).std() > 5  # tissue, not a blank read
 
 
 def _tile_and_embed(out: Path) -> None:
