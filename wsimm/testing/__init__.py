@@ -4,8 +4,10 @@ with known witness tiles."""
 
 from __future__ import annotations
 
-from wsimm.testing._bags import MILCohort, bags_to_store, make_mil_cohort
+from wsimm.testing._bags import MILCohort, bags_to_store, grid_coords, make_mil_cohort
 from wsimm.testing._cohort import Cohort, make_cohort
+from wsimm.testing._latent import make_latent_cohort
+from wsimm.testing._refs import patient_bags, reference_aucs
 from wsimm.testing._slide import SyntheticSlide, write_synthetic_slide
 
 __all__ = [
@@ -13,7 +15,11 @@ __all__ = [
     "MILCohort",
     "SyntheticSlide",
     "bags_to_store",
+    "grid_coords",
     "make_cohort",
+    "make_latent_cohort",
     "make_mil_cohort",
+    "patient_bags",
+    "reference_aucs",
     "write_synthetic_slide",
 ]
