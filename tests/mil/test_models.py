@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from wsimm.errors import ConfigError  # noqa: E402
-from wsimm.mil import create_model, list_models, segment_softmax  # noqa: E402
+from wsimm.mil import BagNorm, create_model, list_models, segment_softmax  # noqa: E402
 
 MODELS = ["mean", "max", "abmil", "abmil_gated", "clam_sb", "clam_mb", "transmil"]
 
@@ -82,3 +82,40 @@ def test_segment_softmax_matches_per_bag_softmax():
     out = segment_softmax(s, batch, 2)
     torch.testing.assert_close(out[:5], s[:5].softmax(0))
     torch.testing.assert_close(out[5:], s[5:].softmax(0))
+
+
+def test_bag_norm_standardises_over_the_batch_and_keeps_running_statistics():
+    torch.manual_seed(0)
+    bn = BagNorm(momentum=0.5)
+    emb = torch.randn(6, 4) * 0.1 + 3.0  # bags that differ by a small fraction of their scale
+    z = bn(emb)
+    assert torch.allclose(z.mean(0), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(z.var(0, unbiased=False), torch.ones(4), atol=1e-2)
+    assert torch.allclose(bn.running_mean, 0.5 * emb.mean(0))
+    # a stand-in row (weight 0) changes neither the statistics nor the other rows
+    w = torch.tensor([1.0, 1, 1, 1, 1, 1, 0])
+    z2 = BagNorm()(torch.cat([emb, torch.full((1, 4), 100.0)]), w)
+    assert torch.allclose(z2[:6], z, atol=1e-5)
+    # one bag: running statistics, left as they were
+    before = bn.running_mean.clone()
+    one = bn(emb[:1])
+    assert torch.allclose(bn.running_mean, before)
+    assert torch.allclose(one, (emb[:1] - before) / torch.sqrt(bn.running_var + bn.eps))
+    bn.eval()
+    assert torch.allclose(bn(emb), (emb - before) / torch.sqrt(bn.running_var + bn.eps))
+
+
+@pytest.mark.parametrize("name", ["abmil", "clam_mb", "transmil"])
+def test_bag_norm_statistics_travel_with_the_state_dict(name):
+    torch.manual_seed(1)
+    m = create_model(name, 8, 2, dropout=0.0)
+    x, batch = torch.randn(40, 8), torch.arange(40) % 5
+    for _ in range(3):
+        m(x, batch, 5)  # training mode: batch statistics, running ones updated
+    m.eval()
+    again = create_model(name, 8, 2, dropout=0.0)
+    again.load_state_dict(m.state_dict())
+    again.eval()
+    assert torch.equal(again(x, batch, 5).logits, m(x, batch, 5).logits)
+    assert not torch.equal(m.bag_norm.running_var, torch.ones_like(m.bag_norm.running_var))
+    assert create_model(name, 8, 2, bag_norm=False).bag_norm is None

@@ -9,10 +9,18 @@ a ``batch`` vector names each tile's bag. Models: ``mean``, ``max``, ``abmil``, 
 from __future__ import annotations
 
 from wsimm.mil import abmil, clam, pooling, transmil  # noqa: F401  (registers the models)
-from wsimm.mil._base import MILModel, MILOutput, create_model, list_models, register_model
+from wsimm.mil._base import (
+    BagNorm,
+    MILModel,
+    MILOutput,
+    create_model,
+    list_models,
+    register_model,
+)
 from wsimm.mil._ops import segment_max, segment_mean, segment_softmax, segment_sum
 
 __all__ = [
+    "BagNorm",
     "MILModel",
     "MILOutput",
     "create_model",

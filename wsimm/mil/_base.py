@@ -12,7 +12,61 @@ from torch import Tensor, nn
 from wsimm.errors import ConfigError
 from wsimm.mil._ops import segment_mean
 
-__all__ = ["MILModel", "MILOutput", "create_model", "list_models", "register_model"]
+__all__ = ["BagNorm", "MILModel", "MILOutput", "create_model", "list_models", "register_model"]
+
+
+class BagNorm(nn.Module):
+    """Standardise bag embeddings feature by feature across the bags of a training batch
+    (batch normalisation without an affine part, over the bag axis; running statistics at
+    evaluation).
+
+    Why: a bag embedding is an average over hundreds of tiles, so bags differ from one another
+    by a small fraction of the tiles' own spread. Fed as is, the head sees nearly constant
+    inputs and needs many epochs to grow large enough to leave the flat start - the plateau in
+    which early stopping kept epoch 0 on sparse-signal cohorts. Standardised, the between-bag
+    differences reach the head at unit scale from the first step.
+
+    A batch with fewer than two weighted bags uses (and leaves) the running statistics.
+    ``weight`` (per bag, 0 or 1) drops bags from the statistics: torchrun's stand-in items.
+    Under ``torch.distributed`` the sums are all-reduced (differentiably), so N processes
+    normalise with the whole batch's statistics, as one process does.
+    """
+
+    def __init__(self, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        # shaped like one bag embedding on the first call (create_model makes that call)
+        self.register_buffer("running_mean", torch.zeros(()))
+        self.register_buffer("running_var", torch.ones(()))
+
+    def forward(self, emb: Tensor, weight: Tensor | None = None) -> Tensor:
+        if self.running_mean.shape != emb.shape[1:]:
+            self.running_mean = emb.new_zeros(emb.shape[1:])
+            self.running_var = emb.new_ones(emb.shape[1:])
+        if self.training:
+            w = emb.new_ones(len(emb)) if weight is None else weight.to(emb.dtype)
+            n = _all_sum(w.sum().detach())
+            if float(n) >= 2:
+                w = w.view(-1, *([1] * (emb.dim() - 1)))
+                m = _all_sum((w * emb).sum(0)) / n  # two passes: no cancellation in the variance
+                var = _all_sum((w * (emb - m) ** 2).sum(0)) / n
+                with torch.no_grad():
+                    self.running_mean.lerp_(m.detach(), self.momentum)
+                    self.running_var.lerp_(var.detach() * (n / (n - 1)), self.momentum)
+                return (emb - m) / torch.sqrt(var + self.eps)
+        return (emb - self.running_mean) / torch.sqrt(self.running_var + self.eps)
+
+
+def _all_sum(t: Tensor) -> Tensor:
+    """``t`` summed over the processes of a ``torch.distributed`` job (differentiable), or
+    ``t`` itself in a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(t)
+    return t
 
 
 class MILOutput(NamedTuple):
@@ -37,23 +91,32 @@ class MILModel(nn.Module):
 
     ``forward(x, batch, n_bags)`` takes the tiles of several bags concatenated (``batch`` gives
     each tile's bag); ``group`` optionally maps bags to patients whose bag embeddings are
-    averaged before the head (per-slide embeddings pooled per patient).
+    averaged before the head (per-slide embeddings pooled per patient). ``weight`` (one per
+    output row) marks the rows that count in :class:`BagNorm`'s batch statistics.
     """
 
     #: weight of ``aux_loss`` in the training loss
     aux_weight: float = 0.0
 
-    def __init__(self, in_dim: int, n_outputs: int) -> None:
+    def __init__(self, in_dim: int, n_outputs: int, bag_norm: bool = True) -> None:
         super().__init__()
         self.in_dim = int(in_dim)
         self.n_outputs = int(n_outputs)
+        self.bag_norm = BagNorm() if bag_norm else None
 
     def pool(
         self, x: Tensor, batch: Tensor, n_bags: int, y: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         raise NotImplementedError
 
-    def classify(self, emb: Tensor) -> Tensor:
+    def classify(self, emb: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Outputs from bag embeddings: :class:`BagNorm` (unless built with
+        ``bag_norm=False``), then the head."""
+        if self.bag_norm is not None:
+            emb = self.bag_norm(emb, weight)
+        return self.head_out(emb)
+
+    def head_out(self, emb: Tensor) -> Tensor:
         return self.head(emb)
 
     def forward(
@@ -65,6 +128,7 @@ class MILModel(nn.Module):
         group: Tensor | None = None,
         n_groups: int | None = None,
         y: Tensor | None = None,
+        weight: Tensor | None = None,
     ) -> MILOutput:
         if x.dim() != 2 or x.shape[1] != self.in_dim:
             raise ConfigError(
@@ -80,7 +144,7 @@ class MILModel(nn.Module):
         emb, attn, aux = self.pool(x, batch, n_bags, y)
         if group is not None:
             emb = segment_mean(emb, group, int(n_groups or int(group.max()) + 1))
-        return MILOutput(self.classify(emb), emb, attn, aux)
+        return MILOutput(self.classify(emb, weight), emb, attn, aux)
 
 
 _MODELS: dict[str, Callable[..., MILModel]] = {}
@@ -109,9 +173,15 @@ def create_model(name: str, in_dim: int, n_outputs: int, **kwargs: Any) -> MILMo
             f"unknown MIL model {name!r}{hint}; choose one of {', '.join(list_models())}"
         )
     try:
-        return _MODELS[name](in_dim, n_outputs, **kwargs)
+        model = _MODELS[name](in_dim, n_outputs, **kwargs)
     except TypeError as e:
         raise ConfigError(f"MIL model {name!r}: bad options {kwargs} ({e})") from e
+    if model.bag_norm is not None:  # shape BagNorm's statistics (before DDP or a state load)
+        with torch.no_grad():
+            model.eval()
+            model(torch.zeros(2, model.in_dim))
+            model.train()
+    return model
 
 
 def mlp_in(in_dim: int, hidden: int, dropout: float) -> nn.Sequential:

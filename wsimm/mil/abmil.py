@@ -42,8 +42,9 @@ class ABMIL(MILModel):
         attn_dim: int = 128,
         dropout: float = 0.25,
         gated: bool = False,
+        bag_norm: bool = True,
     ):
-        super().__init__(in_dim, n_outputs)
+        super().__init__(in_dim, n_outputs, bag_norm)
         self.fc = mlp_in(in_dim, hidden, dropout)
         self.attention = Attention(hidden, attn_dim, dropout, gated)
         self.head = nn.Linear(hidden, n_outputs)

@@ -31,8 +31,9 @@ class _CLAM(MILModel):
         k_sample: int = 8,
         subtyping: bool = False,
         inst_weight: float = 0.3,
+        bag_norm: bool = True,
     ):
-        super().__init__(in_dim, n_outputs)
+        super().__init__(in_dim, n_outputs, bag_norm)
         self.fc = mlp_in(in_dim, hidden, dropout)
         self.branches = n_outputs if self.branches_per_class else 1
         self.attention = Attention(hidden, attn_dim, dropout, gated=True, branches=self.branches)
@@ -93,5 +94,5 @@ class CLAMMB(_CLAM):
         self.head_w = nn.Parameter(torch.randn(n_outputs, hidden) * hidden**-0.5)
         self.head_b = nn.Parameter(torch.zeros(n_outputs))
 
-    def classify(self, emb: Tensor) -> Tensor:
+    def head_out(self, emb: Tensor) -> Tensor:
         return (emb * self.head_w).sum(-1) + self.head_b

@@ -11,8 +11,15 @@ from wsimm.mil._ops import segment_count, segment_max, segment_mean, segment_sum
 class _Pooling(MILModel):
     """Tile projection + a fixed pooling + linear head."""
 
-    def __init__(self, in_dim: int, n_outputs: int, hidden: int = 256, dropout: float = 0.25):
-        super().__init__(in_dim, n_outputs)
+    def __init__(
+        self,
+        in_dim: int,
+        n_outputs: int,
+        hidden: int = 256,
+        dropout: float = 0.25,
+        bag_norm: bool = True,
+    ):
+        super().__init__(in_dim, n_outputs, bag_norm)
         self.fc = mlp_in(in_dim, hidden, dropout)
         self.head = nn.Linear(hidden, n_outputs)
 

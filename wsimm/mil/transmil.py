@@ -71,8 +71,9 @@ class TransMIL(MILModel):
         hidden: int = 256,
         heads: int = 8,
         dropout: float = 0.1,
+        bag_norm: bool = True,
     ):
-        super().__init__(in_dim, n_outputs)
+        super().__init__(in_dim, n_outputs, bag_norm)
         self.fc = mlp_in(in_dim, hidden, dropout)
         self.cls = nn.Parameter(torch.randn(1, hidden) * 0.02)
         self.layer1 = _Layer(hidden, heads, dropout)

@@ -9,8 +9,9 @@ evaluates the batch loss ``L`` on all of them, exactly as one process would. Eac
 back-propagates ``N * <outputs_r, dL/doutputs_r>`` (plus its share of any per-bag auxiliary
 loss); DDP averages the gradients over processes, which gives exactly ``dL/dθ`` - also for
 losses that do not split over bags, such as Cox's partial likelihood, whose risk sets span the
-whole batch. No collective runs inside autograd, so the gathers can never interleave with
-DDP's own gradient all-reduce.
+whole batch. The loss gathers run outside autograd; the one collective inside it is
+:class:`~wsimm.mil.BagNorm`'s all-reduce of the batch statistics (as in ``SyncBatchNorm``),
+which every rank runs in the same order, a stand-in item weighted out of it.
 
 Validation and test scoring are split across processes and gathered, so every process makes
 the same early-stopping decision. Only rank 0 writes the run directory and shows progress.

@@ -136,9 +136,10 @@ class FoldModel:
             raise ConfigError(f"{d}: not a trained fold (needs meta.json and model.safetensors)")
         meta = json.loads((d / "meta.json").read_text())
         t = load_file(str(d / "model.safetensors"))
-        model = create_model(
-            meta["model"], meta["in_dim"], meta["n_outputs"], **meta["model_kwargs"]
-        )
+        kwargs = dict(meta["model_kwargs"])
+        if "model.bag_norm.running_mean" not in t:  # saved before BagNorm existed
+            kwargs.setdefault("bag_norm", False)
+        model = create_model(meta["model"], meta["in_dim"], meta["n_outputs"], **kwargs)
         model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
         model.to(device).eval()
         norm = (
