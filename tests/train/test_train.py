@@ -306,3 +306,22 @@ def test_fusion_refuses_options_it_would_ignore(option):
     with pytest.raises(ConfigError, match="not used with --fusion graph"):
         TrainConfig(labels="l.csv", omics="o.csv", fusion="graph", **option).validate()
     TrainConfig(labels="l.csv", store="s.zarr", **option).validate()  # slide-only: honoured
+
+
+def test_fold_saved_before_bag_norm_loads_and_predicts_the_same(tmp_path):
+    """A fold whose meta.json and weights predate BagNorm (no ``bag_norm`` option, no
+    running statistics) loads without it and gives the outputs it was saved with."""
+    import torch
+
+    from wsimm.mil import create_model
+    from wsimm.train import FoldModel
+
+    torch.manual_seed(0)
+    old = create_model("abmil", 8, 2, bag_norm=False).eval()
+    meta = {"task": "grade", "model": "abmil", "model_kwargs": {}, "in_dim": 8,
+            "n_outputs": 2, "fold": 0}  # fmt: skip
+    FoldModel(model=old, norm=None, bins=None, meta=meta).save(tmp_path / "fold_0")
+    fm = FoldModel.load(tmp_path / "fold_0")
+    assert fm.model.bag_norm is None
+    x = torch.randn(30, 8)
+    assert torch.equal(fm.model(x).logits, old(x).logits)
