@@ -288,7 +288,9 @@ def export_h5_cmd(
 @app.command("import-h5")
 @handle_errors
 def import_h5_cmd(
-    directory: Annotated[Path, typer.Argument(help="Folder of CLAM/TRIDENT h5 files.")],
+    directory: Annotated[
+        Path, typer.Argument(help="Folder of CLAM/TRIDENT h5 files, or one such file.")
+    ],
     store: Annotated[Path, typer.Option("--store", help="Cohort feature store (.zarr).")],
     encoder: Annotated[str, typer.Option("--encoder", help="Name to file the features under.")],
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,

@@ -129,3 +129,28 @@ def test_slide_and_patient_views_join_with_omics_and_feed_fusion(tiled, tmp_path
                 fusion="concat", folds=2, epochs=2, out=str(tmp_path / "run"), quiet=True,
                 baselines="none")  # fmt: skip
     assert not res.failed and len(res.predictions) == 10
+
+
+def test_views_and_heatmaps_of_an_imported_h5_store(tiled, tmp_path):
+    """Issue 23 points 1-2: a store made by ``import-h5`` (here wsimm's own export) gives a
+    tile view without failing on the h5 "slide" (a warning, no image) and tile scores with
+    the tiles' real footprint."""
+    from wsimm.heatmap import tile_scores
+    from wsimm.store import export_h5, import_h5
+
+    d, _, _ = tiled
+    src = open_store(d / "s.zarr")
+    export_h5(d / "s.zarr", tmp_path / "h5")
+    enc = src.encoders(src.slides()[0])[0]
+    import_h5(tmp_path / "h5", tmp_path / "imp.zarr", encoder=enc)
+    fs = open_store(tmp_path / "imp.zarr")
+    sid = fs.slides()[0]
+    with pytest.warns(WsimmWarning, match="no slide image"):
+        adata = to_anndata(fs, sid)
+    sc.pp.neighbors(adata, n_neighbors=5, use_rep="X")
+    assert "images" not in adata.uns["spatial"][sid]
+    ts = tile_scores(d / "run", fs, sid)
+    want = src.slide_attrs(sid)
+    assert ts.tile_size0 == pytest.approx(want["tile_size0"], abs=1)
+    assert ts.stride0 == pytest.approx(want["stride0"], abs=1)
+    assert len(ts.coords) == len(src.coords(sid)) and np.isfinite(ts.scores["attention"]).all()

@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from wsimm.errors import ConfigError, DataError, MissingDependencyError, WsimmWarning
+from wsimm.errors import (
+    ConfigError,
+    DataError,
+    MissingDependencyError,
+    SlideReadError,
+    WsimmWarning,
+)
 
 __all__ = ["join_omics", "patients_to_anndata", "slides_to_anndata", "to_anndata"]
 
@@ -146,12 +152,12 @@ def to_anndata(
     if image:
         try:
             img, scale = _slide_image(fs, slide_id, image_px, slides_dir)
-        except DataError:
+        except (DataError, SlideReadError) as e:  # not found, or not a slide (imported h5)
             if image is True:
                 raise
             warnings.warn(
-                f"{slide_id}: slide file not found, no image in uns['spatial'] (pass "
-                "slides_dir=...)",
+                f"{slide_id}: no slide image to put in uns['spatial'] ({e}); pass "
+                "slides_dir=... where the slide files are",
                 WsimmWarning,
                 stacklevel=2,
             )
