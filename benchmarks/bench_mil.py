@@ -1,0 +1,188 @@
+"""MIL models against two references on cohorts of known difficulty (issue 22).
+
+A sweep over signal strength x signal fraction, for two independently written generator
+families (``clusters``: :func:`wsimm.testing.make_mil_cohort` with a per-slide Dirichlet
+mixture of tissue clusters; ``latent``: :func:`wsimm.testing.make_latent_cohort`, tiles
+rendered from a latent tissue state through a random nonlinear map). Every cell runs
+``--folds`` patient-level folds for each of ``--seeds`` seeds; wsimm trains each model with its
+default settings (``wsimm.train.train``, the code ``wsimm train`` runs) on the same splits
+as the references, computed in the same run:
+
+* ``lr_mean``: logistic regression on standardised mean-pooled features, C chosen on the
+  validation patients (what a linear model on the bag mean finds);
+* ``oracle``: a logistic regression trained on the true witness tiles of the training
+  patients; a patient scores the mean of its top-10 tile probabilities.
+
+For attention models the share of witnesses among each positive test patient's 10 most attended
+tiles is printed (``top10``), and the epoch early stopping kept (``ep``). Survival cells report
+the test c-index of every model and of the true risk (the ceiling).
+
+    python benchmarks/bench_mil.py --quick        # strength 2.5, fraction 0.05, mean + abmil
+    python benchmarks/bench_mil.py --family clusters latent --strengths 1.5 2.5 \\
+        --fractions 0.02 0.05 --seeds 0 1 2 \\
+        --models mean max abmil abmil_gated clam_sb clam_mb transmil
+    python benchmarks/bench_mil.py --task survival --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ALL_MODELS = ["mean", "max", "abmil", "abmil_gated", "clam_sb", "clam_mb", "transmil"]
+
+
+def cohort(family: str, strength: float, fraction: float, seed: int, n: int, task: str):
+    from wsimm.testing import make_latent_cohort, make_mil_cohort
+
+    if family == "clusters":  # the cohort of issue 22: tissue clusters, 300-1,500 tiles
+        return make_mil_cohort(
+            n, task=task, seed=seed, background="clusters", slide_nuisance=0.0,
+            tiles_per_slide=(300, 1500), signal_strength=strength, signal_fraction=fraction,
+        )  # fmt: skip
+    if family == "latent":
+        return make_latent_cohort(
+            n, task=task, seed=seed, signal_strength=strength, signal_fraction=fraction,
+            median_tiles=500,
+        )  # fmt: skip
+    raise SystemExit(f"unknown family {family!r}: clusters or latent")
+
+
+def references(c, splits: pd.DataFrame, task: str) -> dict[str, list[float]]:
+    if task == "grade":
+        from wsimm.testing import reference_aucs
+
+        return reference_aucs(c, splits)
+    from wsimm.survival import c_index
+
+    truth = c.patients.set_index("patient_id")
+    out = []
+    for _k, d in splits.groupby("fold", sort=True):
+        te = truth.loc[d.loc[d["set"] == "test", "patient_id"]]
+        out.append(c_index(te["time"].to_numpy(), te["event"].to_numpy(), te["risk"].to_numpy()))
+    return {"true_risk": out}
+
+
+def top10_witness(run: Path, store: Path, c, splits: pd.DataFrame) -> float:
+    """Mean share of witnesses among the 10 most attended tiles of positive test patients."""
+    import torch
+
+    from wsimm.store import open_store
+    from wsimm.train import FoldModel
+
+    fs = open_store(store)
+    truth = c.patients.set_index("patient_id")
+    shares = []
+    for k, d in splits.groupby("fold", sort=True):
+        fm = FoldModel.load(run / f"fold_{k}")
+        for pid in d.loc[d["set"] == "test", "patient_id"]:
+            if truth.loc[pid, "grade"] != 1:
+                continue
+            for sid in c.labels.loc[c.labels["patient_id"] == pid, "slide_id"]:
+                x = fs.features(sid, "synthetic")[:].astype(np.float32)
+                if fm.norm is not None:
+                    x = (x - fm.norm.mean) / fm.norm.std
+                with torch.no_grad():
+                    a = fm.model(torch.from_numpy(x)).attention
+                a = a.numpy() if a.dim() == 1 else a.numpy().max(1)
+                top = np.argsort(a)[-10:]
+                shares.append(float(c.tile_signal[sid][top].mean()))
+    return float(np.mean(shares)) if shares else float("nan")
+
+
+def run_cell(args, family, strength, fraction, seed, work: Path) -> list[dict]:
+    from wsimm.testing import bags_to_store
+    from wsimm.train import TrainConfig, make_splits, train
+
+    c = cohort(family, strength, fraction, seed, args.patients, args.task)
+    cell = work / f"{family}_{strength}_{fraction}_{seed}"
+    store = bags_to_store(c.bags, cell / "store.zarr")
+    labels = cell / "labels.csv"
+    c.labels.to_csv(labels, index=False)
+    strata = c.patients["event" if args.task == "survival" else "grade"].to_numpy()
+    splits = make_splits(
+        c.patients["patient_id"].tolist(), strata, folds=args.folds, val_fraction=0.2, seed=seed
+    )
+    splits.to_csv(cell / "splits.csv", index=False)
+    key = "c_index" if args.task == "survival" else "auc"
+    rows = []
+    for name, vals in references(c, splits, args.task).items():
+        if vals:
+            rows.append({"method": name, "folds": vals, "epochs": None, "top10": None})
+    for model in args.models:
+        t0 = time.perf_counter()
+        cfg = TrainConfig(
+            store=str(store), labels=str(labels), task=args.task, model=model,
+            splits=str(cell / "splits.csv"), out=str(cell / model), seed=seed, device="cpu",
+        )  # fmt: skip
+        train(cfg, quiet=True)
+        m = json.loads((cell / model / "metrics.json").read_text())
+        top = None
+        if args.task == "grade" and model not in ("mean", "max"):
+            top = top10_witness(cell / model, store, c, splits)
+        rows.append(
+            {
+                "method": model,
+                "folds": [f[key] for f in m["folds"]],
+                "epochs": [f["best_epoch"] for f in m["folds"]],
+                "top10": top,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+    for r in rows:
+        r.update(family=family, strength=strength, fraction=fraction, seed=seed)
+        f = np.asarray(r["folds"])
+        print(
+            f"{family:8s} s={strength:<4} f={fraction:<5} seed={seed} {r['method']:12s} "
+            f"mean {f.mean():.3f} min {f.min():.3f}  folds "
+            + " ".join(f"{v:.3f}" for v in f)
+            + (f"  ep {r['epochs']}" if r["epochs"] else "")
+            + (f"  top10 {r['top10']:.2f}" if r["top10"] is not None else ""),
+            flush=True,
+        )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--family", nargs="+", default=["clusters", "latent"])
+    ap.add_argument("--strengths", nargs="+", type=float, default=[1.5, 2.5])
+    ap.add_argument("--fractions", nargs="+", type=float, default=[0.02, 0.05])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--models", nargs="+", default=ALL_MODELS)
+    ap.add_argument("--patients", type=int, default=240)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--task", choices=["grade", "survival"], default="grade")
+    ap.add_argument("--quick", action="store_true", help="one cell, mean + abmil, seed 0")
+    ap.add_argument("--json", help="write every row here")
+    args = ap.parse_args()
+    if args.quick:
+        args.strengths, args.fractions, args.seeds = [2.5], [0.05], [0]
+        args.models = ["mean", "abmil"]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_mil_") as tmp:
+        for family in args.family:
+            for s in args.strengths:
+                for f in args.fractions:
+                    for seed in args.seeds:
+                        rows += run_cell(args, family, s, f, seed, Path(tmp))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    df = pd.DataFrame(rows)
+    df["mean"] = df["folds"].map(np.mean)
+    df["min"] = df["folds"].map(np.min)
+    summary = df.groupby(["family", "strength", "fraction", "method"], sort=False).agg(
+        mean=("mean", "mean"), worst_fold=("min", "min")
+    )
+    print("\nover seeds (mean of fold means, worst single fold):")
+    print(summary.round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()
