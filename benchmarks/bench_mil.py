@@ -182,6 +182,12 @@ def main() -> None:
     )
     print("\nover seeds (mean of fold means, worst single fold):")
     print(summary.round(3).to_string())
+    if args.task == "grade":
+        for (fam, st, fr), g in summary.groupby(level=[0, 1, 2], sort=False):
+            ref = g.xs("lr_mean", level=3)["mean"].iloc[0]
+            for m in args.models:
+                got = g.xs(m, level=3)["mean"].iloc[0]
+                print(f"{fam} s={st} f={fr}: {m} / lr_mean mean AUC: {got / ref:.3f}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 ratios to ``benchmarks/results.md``: each measure, its value, the baseline it is a ratio
 against, the command that produced it, the commit and the date.
 
-    python benchmarks/run_all.py                  # all (about 20-30 minutes here)
+    python benchmarks/run_all.py                  # all (about 30-40 minutes here)
     python benchmarks/run_all.py --only tile,train
     python benchmarks/run_all.py --out /tmp/results.md
 
@@ -91,6 +91,16 @@ PLAN: dict[str, tuple[list[str], list[tuple[str, str, str]]]] = {
                 "peak RSS streamed / canvas",
                 r"streamed / canvas\s*:\s*([\d.]+)",
                 "an in-memory canvas of the same overlay",
+            ),
+        ],
+    ),
+    "mil": (
+        ["--quick", "--family", "clusters"],
+        [
+            (
+                "ABMIL / mean-pool LR (AUC, issue 22 cohort)",
+                r"abmil / lr_mean mean AUC: ([\d.]+)",
+                "logistic regression on mean-pooled features, same folds",
             ),
         ],
     ),
