@@ -148,7 +148,11 @@ def test_overlay_tiff_opens_in_openslide_and_tiffslide(tumour_run):
         assert img[0, 0, 3] == 0
         x, y = (ts.coords[np.argmax(ts.scores["attention"])] + ts.tile_size0 / 2) / 4
         top = img[int(y), int(x)]
-        x, y = (ts.coords[np.argmin(ts.scores["attention"])] + ts.tile_size0 / 2) / 4
+        # the least attended tile whose centre is on tissue (off the mask is transparent)
+        ctr = ((ts.coords + ts.tile_size0 / 2) / ts.mask_downsample).astype(int)
+        on = ts.tissue_mask[ctr[:, 1], ctr[:, 0]] > 0
+        low = np.flatnonzero(on)[np.argmin(ts.scores["attention"][on])]
+        x, y = (ts.coords[low] + ts.tile_size0 / 2) / 4
         bottom = img[int(y), int(x)]
         assert top[3] == 255 and bottom[3] == 255
         assert top[0] > bottom[0] and bottom[2] > top[2]  # turbo: red on top, blue at bottom

@@ -42,6 +42,7 @@ def _train(d, model, **kw):
     )
 
 
+@pytest.mark.slow  # 2.5 min: the slow tier (issue 22's harder cohorts are there too)
 def test_attention_beats_mean_pooling_and_attends_to_the_signal(grade_cohort):
     c, d = grade_cohort
     pos_slides = c.labels.loc[c.labels["grade"] == 1, "slide_id"]

@@ -19,7 +19,10 @@ pytest.importorskip("torch")
 from wsimm.train import TrainConfig, train
 
 WSIMM = shutil.which("wsimm", path=os.path.dirname(sys.executable)) or shutil.which("wsimm")
-pytestmark = pytest.mark.skipif(WSIMM is None, reason="the wsimm command is not installed")
+pytestmark = [
+    pytest.mark.slow,  # two processes per run, several runs: the slow tier
+    pytest.mark.skipif(WSIMM is None, reason="the wsimm command is not installed"),
+]
 
 
 def _both(tmp_path, **opts) -> tuple[dict, dict]:
@@ -93,8 +96,8 @@ def test_torchrun_cox_survival_matches_one_process(small_survival, tmp_path):
     _same_run(one, two, "c_index")
     a = pd.read_csv(tmp_path / "one" / "predictions.csv")
     b = pd.read_csv(tmp_path / "two" / "predictions.csv")
-    np.testing.assert_allclose(b["risk"], a["risk"], atol=1e-2)
-    assert (a["risk_group"] == b["risk_group"]).mean() >= 0.9
+    np.testing.assert_allclose(b["risk"], a["risk"], rtol=1e-4, atol=1e-6)  # float rounding
+    assert (a["risk_group"] == b["risk_group"]).all()
 
 
 def test_torchrun_graph_fusion_matches_one_process(tmp_path):
