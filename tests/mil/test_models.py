@@ -119,3 +119,11 @@ def test_bag_norm_statistics_travel_with_the_state_dict(name):
     assert torch.equal(again(x, batch, 5).logits, m(x, batch, 5).logits)
     assert not torch.equal(m.bag_norm.running_var, torch.ones_like(m.bag_norm.running_var))
     assert create_model(name, 8, 2, bag_norm=False).bag_norm is None
+
+
+def test_bag_norm_under_bfloat16_autocast_keeps_float32_statistics():
+    m = create_model("abmil", 8, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(torch.randn(40, 8), torch.arange(40) % 4, 4)
+    assert torch.isfinite(out.logits.float()).all()
+    assert m.bag_norm.running_mean.dtype == torch.float32

@@ -50,9 +50,10 @@ class BagNorm(nn.Module):
                 w = w.view(-1, *([1] * (emb.dim() - 1)))
                 m = _all_sum((w * emb).sum(0)) / n  # two passes: no cancellation in the variance
                 var = _all_sum((w * (emb - m) ** 2).sum(0)) / n
-                with torch.no_grad():
-                    self.running_mean.lerp_(m.detach(), self.momentum)
-                    self.running_var.lerp_(var.detach() * (n / (n - 1)), self.momentum)
+                with torch.no_grad():  # the buffers keep their dtype under autocast
+                    rm, rv = self.running_mean, self.running_var
+                    rm.lerp_(m.detach().to(rm.dtype), self.momentum)
+                    rv.lerp_((var.detach() * (n / (n - 1))).to(rv.dtype), self.momentum)
                 return (emb - m) / torch.sqrt(var + self.eps)
         return (emb - self.running_mean) / torch.sqrt(self.running_var + self.eps)
 
