@@ -96,7 +96,12 @@ def test_torchrun_cox_survival_matches_one_process(small_survival, tmp_path):
     _same_run(one, two, "c_index")
     a = pd.read_csv(tmp_path / "one" / "predictions.csv")
     b = pd.read_csv(tmp_path / "two" / "predictions.csv")
-    np.testing.assert_allclose(b["risk"], a["risk"], rtol=1e-4, atol=1e-6)  # float rounding
+    # Cox's loss is blind to a common shift of the risks: the head's bias gets a zero gradient
+    # up to rounding, which AdamW's normalisation turns into steps, so each fold's risks may
+    # differ by a constant; centred per fold they agree to float rounding
+    assert a["fold"].tolist() == b["fold"].tolist()
+    centred = [d.groupby("fold")["risk"].transform(lambda r: r - r.mean()) for d in (a, b)]
+    np.testing.assert_allclose(centred[1], centred[0], atol=1e-5)
     assert (a["risk_group"] == b["risk_group"]).all()
 
 
