@@ -104,8 +104,11 @@ class FusionNet(nn.Module):
         if "slide" in self.mods:
             from wsimm.mil import create_model
 
-            self.mil = create_model(
-                spec.slide_model, spec.slide_dim, 1, **(spec.slide_model_kwargs or {})
+            self.mil = create_model(  # only its pooling is used: no BagNorm before a head
+                spec.slide_model,
+                spec.slide_dim,
+                1,
+                **{"bag_norm": False, **(spec.slide_model_kwargs or {})},
             )
             with torch.no_grad():  # the MIL model's bag embedding width, from two dummy tiles
                 e, _, _ = self.mil.pool(
