@@ -154,3 +154,13 @@ def test_views_and_heatmaps_of_an_imported_h5_store(tiled, tmp_path):
     assert ts.tile_size0 == pytest.approx(want["tile_size0"], abs=1)
     assert ts.stride0 == pytest.approx(want["stride0"], abs=1)
     assert len(ts.coords) == len(src.coords(sid)) and np.isfinite(ts.scores["attention"]).all()
+    # the overlay is opaque over every tile's centre (the import knows no tissue mask)
+    import tiffslide
+
+    from wsimm.heatmap import export
+
+    files = export(ts, tmp_path / "hm", "tiff", tiff_downsample=4)
+    with tiffslide.TiffSlide(str(files["tiff"])) as o:
+        img = np.asarray(o.read_region((0, 0), 0, o.level_dimensions[0]))
+    ctr = ((ts.coords + ts.tile_size0 / 2) / 4).astype(int)
+    assert (img[ctr[:, 1], ctr[:, 0], 3] == 255).all()

@@ -130,8 +130,10 @@ def import_h5(
                 sid,
                 coords=coords,
                 tissue_fraction=np.full(len(coords), np.nan, np.float16),
-                tissue_mask=np.zeros((1, 1), np.uint8),
-                mask_downsample=float(max(geom["level0_dims"])),  # no mask: one pixel
+                # tissue unknown: a one-pixel mask over the whole slide, so heatmaps show
+                # every tile (a zero mask made them transparent)
+                tissue_mask=np.ones((1, 1), np.uint8),
+                mask_downsample=float(max(geom["level0_dims"])),
                 attrs={"source": str(p), "imported_from": "h5", "h5_attrs": cattrs, **geom},
             )
             fs.begin_features(
