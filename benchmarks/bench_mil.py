@@ -70,29 +70,23 @@ def references(c, splits: pd.DataFrame, task: str) -> dict[str, list[float]]:
 
 
 def top10_witness(run: Path, store: Path, c, splits: pd.DataFrame) -> float:
-    """Mean share of witnesses among the 10 most attended tiles of positive test patients."""
-    import torch
+    """Mean share of witnesses among the 10 most attended tiles of positive test patients,
+    each scored by the fold model that held it out."""
+    from wsimm.testing import patient_bags
+    from wsimm.train import BagSource, load_run
 
-    from wsimm.store import open_store
-    from wsimm.train import FoldModel
-
-    fs = open_store(store)
-    truth = c.patients.set_index("patient_id")
+    slides = {p: g["slide_id"].tolist() for p, g in c.labels.groupby("patient_id")}
+    source = BagSource(str(store), slides)
+    witness = {p: sig for p, (_, sig) in patient_bags(c).items()}
+    grade = c.patients.set_index("patient_id")["grade"]
     shares = []
-    for k, d in splits.groupby("fold", sort=True):
-        fm = FoldModel.load(run / f"fold_{k}")
-        for pid in d.loc[d["set"] == "test", "patient_id"]:
-            if truth.loc[pid, "grade"] != 1:
-                continue
-            for sid in c.labels.loc[c.labels["patient_id"] == pid, "slide_id"]:
-                x = fs.features(sid, "synthetic")[:].astype(np.float32)
-                if fm.norm is not None:
-                    x = (x - fm.norm.mean) / fm.norm.std
-                with torch.no_grad():
-                    a = fm.model(torch.from_numpy(x)).attention
-                a = a.numpy() if a.dim() == 1 else a.numpy().max(1)
-                top = np.argsort(a)[-10:]
-                shares.append(float(c.tile_signal[sid][top].mean()))
+    for fm in load_run(run).folds:
+        test = splits[(splits["fold"] == fm.meta["fold"]) & (splits["set"] == "test")]
+        pos = [p for p in test["patient_id"] if grade.loc[p] == 1]
+        _, attn = fm.outputs(source, pos, attention=True)
+        for p, a in zip(pos, attn, strict=True):
+            a = a if a.ndim == 1 else a.max(1)
+            shares.append(float(witness[p][np.argsort(-a)[:10]].mean()))
     return float(np.mean(shares)) if shares else float("nan")
 
 

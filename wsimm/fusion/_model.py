@@ -110,11 +110,7 @@ class FusionNet(nn.Module):
                 1,
                 **{"bag_norm": False, **(spec.slide_model_kwargs or {})},
             )
-            with torch.no_grad():  # the MIL model's bag embedding width, from two dummy tiles
-                e, _, _ = self.mil.pool(
-                    torch.zeros(2, spec.slide_dim), torch.zeros(2, dtype=torch.long), 1, None
-                )
-            self.slide_proj = nn.Linear(e[0].numel(), h)
+            self.slide_proj = nn.Linear(self.mil.embedding_shape().numel(), h)
 
         if spec.fusion == "graph":
             self._build_graph(spec)

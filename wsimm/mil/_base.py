@@ -35,14 +35,19 @@ class BagNorm(nn.Module):
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
         self.momentum, self.eps = momentum, eps
-        # shaped like one bag embedding on the first call (create_model makes that call)
+        # shaped like one bag embedding by create_model (or on the first call)
         self.register_buffer("running_mean", torch.zeros(()))
         self.register_buffer("running_var", torch.ones(()))
 
+    def reset(self, shape: tuple[int, ...] | torch.Size, like: Tensor | None = None) -> None:
+        """Fresh statistics (mean 0, variance 1) for embeddings of ``shape``."""
+        like = self.running_mean if like is None else like
+        self.running_mean = like.new_zeros(shape)
+        self.running_var = like.new_ones(shape)
+
     def forward(self, emb: Tensor, weight: Tensor | None = None) -> Tensor:
         if self.running_mean.shape != emb.shape[1:]:
-            self.running_mean = emb.new_zeros(emb.shape[1:])
-            self.running_var = emb.new_ones(emb.shape[1:])
+            self.reset(emb.shape[1:], emb)
         if self.training:
             w = emb.new_ones(len(emb)) if weight is None else weight.to(emb.dtype)
             n = _all_sum(w.sum().detach())
@@ -109,6 +114,21 @@ class MILModel(nn.Module):
         self, x: Tensor, batch: Tensor, n_bags: int, y: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         raise NotImplementedError
+
+    def embedding_shape(self) -> torch.Size:
+        """The shape of one bag embedding, from two zero tiles through :meth:`pool`."""
+        was = self.training
+        self.eval()
+        p = next(self.parameters())
+        with torch.no_grad():
+            e, _, _ = self.pool(
+                p.new_zeros(2, self.in_dim),
+                torch.zeros(2, dtype=torch.long, device=p.device),
+                1,
+                None,
+            )
+        self.train(was)
+        return e.shape[1:]
 
     def classify(self, emb: Tensor, weight: Tensor | None = None) -> Tensor:
         """Outputs from bag embeddings: :class:`BagNorm` (unless built with
@@ -178,10 +198,7 @@ def create_model(name: str, in_dim: int, n_outputs: int, **kwargs: Any) -> MILMo
     except TypeError as e:
         raise ConfigError(f"MIL model {name!r}: bad options {kwargs} ({e})") from e
     if model.bag_norm is not None:  # shape BagNorm's statistics (before DDP or a state load)
-        with torch.no_grad():
-            model.eval()
-            model(torch.zeros(2, model.in_dim))
-            model.train()
+        model.bag_norm.reset(model.embedding_shape())
     return model
 
 

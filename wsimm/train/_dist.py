@@ -62,6 +62,11 @@ class Dist:
         mine, off = self.shard(batch)
         return (mine, off) if mine else ([batch[0]], 0)
 
+    def stands_in(self, n_batch: int) -> bool:
+        """Whether this rank runs a stand-in item for a batch of ``n_batch`` (its shard is
+        empty; see :meth:`step_items`)."""
+        return self.active and self.sizes(n_batch)[self.rank] == 0
+
     # -- collectives --------------------------------------------------------------------------
     def gather_objects(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order (``[obj]`` when not distributed)."""

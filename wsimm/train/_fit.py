@@ -207,7 +207,7 @@ def fit_fold(
         ):
             y = tg_tr["y"][b.index] if "y" in tg_tr else None
             weight = None  # a rank's stand-in item stays out of BagNorm's batch statistics
-            if job.active and job.sizes(len(order[j]))[job.rank] == 0:
+            if job.stands_in(len(order[j])):
                 weight = torch.zeros(b.n_bags if b.group is None else b.n_groups, device=device)
             out = net(
                 b.x, b.batch, b.n_bags, group=b.group, n_groups=b.n_groups, y=y, weight=weight
