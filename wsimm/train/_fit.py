@@ -42,7 +42,10 @@ class _Objective:
         self.weight = None
         if cfg.task == "grade" and cfg.balance == "weights":
             counts = np.bincount(table["y"].to_numpy(), minlength=n_out).astype(np.float64)
-            w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_out, 0.0)
+            # a class the training patients lack weighs 1: it has no training example to
+            # weigh, and a weight of 0 made the validation loss 0/0 when the validation
+            # patients were all of such classes (tiny cohorts), so no epoch was ever kept
+            w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_out, 1.0)
             self.weight = torch.as_tensor(w, dtype=torch.float32)
 
     def targets(self, table: pd.DataFrame, device: str) -> dict:
@@ -100,6 +103,13 @@ class EpochSelection:
 
     def restore(self, model) -> None:
         """Load the kept weights into ``model``."""
+        if self._state is None:
+            losses = ", ".join(f"{h['val_loss']:.3g}" for h in self.history[:5])
+            raise FloatingPointError(
+                f"{self.label}no epoch had a finite validation loss ({losses}); the validation "
+                "patients may be too few or of classes the training patients lack: use fewer "
+                "--folds or more patients"
+            )
         model.load_state_dict(self._state)
 
 
