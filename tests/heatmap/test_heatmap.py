@@ -155,7 +155,7 @@ def test_overlay_tiff_opens_in_openslide_and_tiffslide(tumour_run):
         x, y = (ts.coords[low] + ts.tile_size0 / 2) / 4
         bottom = img[int(y), int(x)]
         assert top[3] == 255 and bottom[3] == 255
-        assert top[0] > bottom[0] and bottom[2] > top[2]  # turbo: red on top, blue at bottom
+        assert top[0] > bottom[0] and bottom[2] > top[2]  # viridis: yellow on top, purple at bottom
         o.close()
 
 

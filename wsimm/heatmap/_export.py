@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 
 from wsimm.errors import ConfigError, WsimmError
-from wsimm.heatmap._render import ScoreField, colorize, smooth_scores, write_overlay_tiff
+from wsimm.heatmap._render import (
+    DEFAULT_CMAP,
+    ScoreField,
+    colorize,
+    smooth_scores,
+    write_overlay_tiff,
+)
 from wsimm.heatmap._scores import TileScores, tile_scores
 
 __all__ = [
@@ -89,7 +95,7 @@ def _view(ts: TileScores, score: str | None, scale: str, smooth: float, cmap: st
         from scipy.stats import rankdata
 
         pct = rankdata(v, method="average") / max(len(v), 1)
-        return _View(name, pct, 0.0, 1.0, cmap or "turbo", f"{name} (percentile within slide)")
+        return _View(name, pct, 0.0, 1.0, cmap or DEFAULT_CMAP, f"{name} (percentile within slide)")
     if scale == "signed":
         m = float(np.quantile(np.abs(v), 0.99)) if len(v) else 1.0
         m = m if m > 0 else 1.0
@@ -97,7 +103,7 @@ def _view(ts: TileScores, score: str | None, scale: str, smooth: float, cmap: st
     if scale == "raw":
         lo, hi = np.quantile(v, [0.01, 0.99]) if len(v) else (0.0, 1.0)
         return _View(name, v, float(lo), float(hi) if hi > lo else float(lo) + 1.0,
-                     cmap or "turbo", name)  # fmt: skip
+                     cmap or DEFAULT_CMAP, name)  # fmt: skip
     raise ConfigError(f"--scale must be auto, percentile, signed or raw, got {scale!r}")
 
 

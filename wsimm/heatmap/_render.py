@@ -17,7 +17,11 @@ import numpy as np
 
 from wsimm.errors import ConfigError
 
-__all__ = ["ScoreField", "colorize", "smooth_scores", "write_overlay_tiff"]
+#: sequential scores' default colour map: perceptually uniform (equal steps in score look
+#: like equal steps in colour, unlike rainbow maps such as turbo or jet) and colour-blind safe
+DEFAULT_CMAP = "viridis"
+
+__all__ = ["DEFAULT_CMAP", "ScoreField", "colorize", "smooth_scores", "write_overlay_tiff"]
 
 
 def smooth_scores(
@@ -122,7 +126,7 @@ def _lut(cmap: str) -> np.ndarray:
         cm = matplotlib.colormaps[cmap]
     except KeyError:
         raise ConfigError(
-            f"unknown colour map {cmap!r} (try turbo, jet, viridis, RdBu_r)"
+            f"unknown colour map {cmap!r} (try viridis, magma, cividis, RdBu_r)"
         ) from None
     return (cm(np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
 
@@ -132,7 +136,7 @@ def colorize(
     *,
     vmin: float = 0.0,
     vmax: float = 1.0,
-    cmap: str = "turbo",
+    cmap: str = DEFAULT_CMAP,
     alpha: float = 1.0,
 ) -> np.ndarray:
     """``(h, w, 4)`` uint8 RGBA: the colour map over ``[vmin, vmax]``, transparent at NaN."""
@@ -164,7 +168,7 @@ def write_overlay_tiff(
     downsample: float,
     vmin: float = 0.0,
     vmax: float = 1.0,
-    cmap: str = "turbo",
+    cmap: str = DEFAULT_CMAP,
     alpha: float = 1.0,
     tile: int = 256,
     description: str = "",
