@@ -104,6 +104,21 @@ PLAN: dict[str, tuple[list[str], list[tuple[str, str, str]]]] = {
             ),
         ],
     ),
+    "view": (
+        ["--repeat", "5"],
+        [
+            (
+                "served cold / read_region (256 px tile, real SVS)",
+                r"full resolution:.*?ratio cold / read_region\s*: ([\d.]+)",
+                "read_region of the same tile on a fresh reader, same thread",
+            ),
+            (
+                "served warm / read_region",
+                r"full resolution:.*?ratio warm / read_region\s*: ([\d.]+)",
+                "read_region of the same tile on a fresh reader, same thread",
+            ),
+        ],
+    ),
     "scaling": (
         ["--slides", "8"],
         [
@@ -151,7 +166,7 @@ def main(argv=None) -> None:
         took = time.perf_counter() - t
         log.append(f"== {shown}  ({took:.0f} s, exit {p.returncode})\n{p.stdout}{p.stderr}")
         for measure, pattern, baseline in measures:
-            m = re.search(pattern, p.stdout)
+            m = re.search(pattern, p.stdout, re.S)
             value = m.group(1) if (m and p.returncode == 0) else f"failed (exit {p.returncode})"
             rows.append((name, measure, value, baseline, shown))
             print(f"   {measure}: {value}", flush=True)

@@ -538,7 +538,11 @@ def heatmap(
         float, typer.Option("--smooth", help="Gaussian smoothing over the tile grid, in tiles.")
     ] = 0.0,
     cmap: Annotated[
-        str | None, typer.Option("--cmap", help="Matplotlib colour map (turbo / RdBu_r).")
+        str | None,
+        typer.Option(
+            "--cmap",
+            help="Matplotlib colour map (default: viridis; signed risk contributions: RdBu_r).",
+        ),
     ] = None,
     alpha: Annotated[float, typer.Option("--alpha", help="PNG overlay opacity, 0-1.")] = 0.5,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Tiles in the gallery.")] = 8,
@@ -586,6 +590,73 @@ def heatmap(
         typer.echo(f"error: {r['slide_id']}: {r['error']}", err=True)
     if rep.failed:
         raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def view(
+    store: Annotated[Path, typer.Option("--store", help="Feature store (.zarr) of the run.")],
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            "--run",
+            help="Run directory from wsimm train (without: the store's slides, no heatmaps).",
+        ),
+    ] = None,
+    slides_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--slides",
+            "--slides-dir",
+            help="Folder of the slide files, when they moved since tiling.",
+        ),
+    ] = None,
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port to serve on (0: any free).")
+    ] = 8765,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind; beyond loopback needs --allow-remote.")
+    ] = "127.0.0.1",
+    allow_remote: Annotated[
+        bool,
+        typer.Option(
+            "--allow-remote",
+            help="Allow a non-loopback --host (no login: anyone who "
+            "reaches the port sees the slides and predictions).",
+        ),
+    ] = False,
+    cmap: Annotated[
+        str | None,
+        typer.Option(
+            "--cmap",
+            help="Matplotlib colour map of attention layers (default: "
+            "viridis; signed risk contributions use RdBu_r).",
+        ),
+    ] = None,
+    open_browser: Annotated[
+        bool, typer.Option("--open/--no-open", help="Open the page in the default browser.")
+    ] = False,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Slides and heatmaps of a run in the browser: a local server and a zoomable viewer."""
+    from wsimm.view import serve
+
+    srv = serve(run, store, slides_dir=slides_dir, host=host, port=port,
+                allow_remote=allow_remote, device=device, cmap=cmap)  # fmt: skip
+    typer.echo(f"wsimm view: {srv.url} (Ctrl-C to stop)")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(srv.url)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.close()
+        if not quiet:
+            typer.echo("wsimm view: stopped")
 
 
 @app.command()
