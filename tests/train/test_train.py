@@ -256,6 +256,31 @@ def test_labels_that_match_no_slide_warn_and_list_them(small_grade, tmp_path):
     assert "PX1" not in set(res.predictions["patient_id"])
 
 
+def test_features_of_a_test_encoder_warn(small_grade, tmp_path, synthetic_slide):
+    """A store tiled with test_tiny records it; training on such features says they are not
+    image features. Features of a real encoder (here: synthetic bags) do not warn."""
+    import warnings
+
+    from wsimm.pipeline import tile_slides
+    from wsimm.store import open_store
+    from wsimm.testing import bags_to_store
+
+    rep = tile_slides([synthetic_slide.path], tmp_path / "t.zarr", encoder="test_tiny",
+                      quiet=True)  # fmt: skip
+    assert not rep.failed
+    fs = open_store(tmp_path / "t.zarr")
+    (sid,) = fs.slides()
+    assert fs.feature_attrs(sid, "test_tiny")["cfg"]["extra"] == {"test_encoder": True}
+
+    c, store, labels = small_grade
+    bags_to_store(c.bags, tmp_path / "tiny.zarr", encoder="test_tiny")
+    with pytest.warns(WsimmWarning, match="features come from a test encoder"):
+        _run(tmp_path / "tiny.zarr", labels, tmp_path / "r1", task="grade", epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WsimmWarning)  # the suite's filter is lifted here
+        _run(store, labels, tmp_path / "r2", task="grade", epochs=1)
+
+
 @pytest.mark.parametrize(
     ("edit", "match"),
     [

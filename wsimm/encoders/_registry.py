@@ -46,6 +46,9 @@ class EncoderCfg:
         Autocast dtype on GPU: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
     pooling
         How tokens become one vector (``"avg"``, ``"cls"``, ``"cls+mean"``, ``"none"``).
+    extra
+        Anything else to record; ``{"test_encoder": True}`` marks encoders made for tests
+        (``test_tiny``, ``mean_rgb``), whose features ``wsimm train`` warns about.
     """
 
     name: str
@@ -116,7 +119,8 @@ class _MeanRGB:
     """Mean colour of each tile (D=3): costs nothing, for I/O benchmarks and coords runs."""
 
     def __init__(self) -> None:
-        self.cfg = EncoderCfg(name="mean_rgb", embed_dim=3, input_size=0, pooling="avg")
+        self.cfg = EncoderCfg(name="mean_rgb", embed_dim=3, input_size=0, pooling="avg",
+                              extra={"test_encoder": True})  # fmt: skip
         self.weights_fingerprint = None
 
     def encode(self, tiles: np.ndarray) -> np.ndarray:
@@ -133,7 +137,8 @@ class _TestTiny:
     """A fixed random projection of 8x8-pooled, normalised pixels (D=16), deterministic."""
 
     def __init__(self, dim: int = 16) -> None:
-        self.cfg = EncoderCfg(name="test_tiny", embed_dim=dim, input_size=0, pooling="avg")
+        self.cfg = EncoderCfg(name="test_tiny", embed_dim=dim, input_size=0, pooling="avg",
+                              extra={"test_encoder": True})  # fmt: skip
         rng = np.random.default_rng(1234)
         self.proj = (rng.standard_normal((8 * 8 * 3, dim)) / np.sqrt(8 * 8 * 3)).astype(np.float32)
         self.weights_fingerprint = hashlib.sha1(self.proj.tobytes()).hexdigest()[:16]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -219,6 +220,35 @@ def _has_unsaved_buffers(model: Any) -> bool:
     return any(n not in saved for n, _ in model.named_buffers())
 
 
+def _check_hub(name: str, repo: str) -> None:
+    """Fail at once, in one line, when a hub model's weights are neither in the local
+    Hugging Face cache nor reachable (huggingface_hub would retry for half a minute)."""
+    from urllib.parse import urlsplit
+
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+            if isinstance(try_to_load_from_cache(repo, f), str):
+                return
+    except ImportError:
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    host = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    if not offline and host:
+        try:
+            socket.create_connection((host, 443), timeout=5).close()
+            return
+        except OSError:
+            pass
+    why = "HF_HUB_OFFLINE is set" if offline else f"{host} cannot be reached"
+    raise ConfigError(
+        f"encoder {name!r} needs its weights from the Hugging Face hub ({repo}) and {why}: "
+        "download them where you are online and pass --weights PATH (or --encoder test_tiny "
+        "for a smoke run whose features mean nothing)"
+    )
+
+
 def build_model(name: str, spec: ModelSpec, weights: str | None) -> tuple[Any, str]:
     """``(model in eval mode on CPU, weights fingerprint)`` for a spec and a weights choice."""
     import torch
@@ -252,6 +282,8 @@ def build_model(name: str, spec: ModelSpec, weights: str | None) -> tuple[Any, s
         return finish(model), "random:0"
     if weights.startswith("hf-hub:") or weights == "timm-pretrained":
         arch = weights if weights.startswith("hf-hub:") else spec.arch
+        if weights.startswith("hf-hub:"):
+            _check_hub(name, weights[len("hf-hub:") :])
         try:
             model = _create(timm, arch, kwargs, pretrained=True, meta=False)
         except Exception as e:

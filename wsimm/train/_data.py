@@ -4,13 +4,15 @@ feature normalisation fitted on training patients, and ragged batches built ahea
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from wsimm.errors import DataError
+from wsimm.errors import DataError, WsimmWarning
 
 
 @dataclass
@@ -24,6 +26,26 @@ class Batch:
     group: object | None
     n_groups: int
     index: np.ndarray  # positions of the batch's patients in the list passed in
+
+
+#: encoders made for tests, by name (stores written before the flag in their config)
+TEST_ENCODERS = ("test_tiny", "mean_rgb")
+
+
+def _warn_test_encoder(fs: Any, slide_id: str, encoder: str) -> None:
+    """A warning when the features come from an encoder made for tests: a model trained on
+    them says nothing about the tissue."""
+    fa = fs.feature_attrs(slide_id, encoder)
+    flagged = bool(((fa.get("cfg") or {}).get("extra") or {}).get("test_encoder"))
+    if flagged or fa.get("encoder") in TEST_ENCODERS:
+        warnings.warn(
+            f"{fs.path}: the {fa.get('encoder', encoder)!r} features come from a test encoder "
+            "(pixels pooled and projected, not image features), so this model says nothing "
+            "about the tissue; tile with a real encoder (wsimm tile --encoder resnet50_trunc, "
+            "uni, ...) for results to report",
+            WsimmWarning,
+            stacklevel=3,
+        )
 
 
 class BagSource:
@@ -72,6 +94,7 @@ class BagSource:
         if len(dims) != 1:
             raise DataError(f"{self.fs.path}: {self.encoder!r} features differ in width {dims}")
         self.dim = dims.pop()
+        _warn_test_encoder(self.fs, all_slides[0], self.encoder)
         self._cache: dict[str, np.ndarray] | None = None
         if cache == "auto":
             cache = self._fits_in_memory(all_slides)
