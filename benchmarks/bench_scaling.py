@@ -38,7 +38,8 @@ def run(slides_dir: str, store: str, n_workers: int, tile_px: int) -> dict:
         with get_task_stream(client) as ts:
             t = time.perf_counter()
             rep = tile_slides([slides_dir], store, spec=TileSpec(mpp=0.5, tile_px=tile_px),
-                              scheduler=cluster.scheduler_address, quiet=True)  # fmt: skip
+                              scheduler=cluster.scheduler_address, quiet=True,
+                              encoder="test_tiny")  # fmt: skip
             wall = time.perf_counter() - t
     assert not rep.failed, rep.failed
     busy: dict[str, list[float]] = {}

@@ -134,8 +134,15 @@ def tile(
         float, typer.Option("--min-tissue", help="Minimum tissue fraction per tile.")
     ] = 0.25,
     encoder: Annotated[
-        str, typer.Option("--encoder", help="Encoder name, or 'none' for coordinates only.")
-    ] = "test_tiny",
+        str,
+        typer.Option(
+            "--encoder",
+            help="Encoder (wsimm encoders lists them), or 'none' for coordinates only. The "
+            "default is CLAM's ImageNet ResNet50 cut after layer 3: its weights come from the "
+            "Hugging Face hub, or pass --weights PATH offline. test_tiny and mean_rgb are for "
+            "tests only.",
+        ),
+    ] = "resnet50_trunc",
     weights: Weights = None,
     batch_size: BatchSize = 64,
     device: Device = "auto",

@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> Path:
     pd.DataFrame(rows, columns=["patient_id", "slide_id", "label"]).to_csv(labels, index=False)
 
     store = out / "cohort.zarr"
-    tile_slides([out / "slides"], store, spec=TileSpec(mpp=0.5, tile_px=64), quiet=True)
+    tile_slides(
+        [out / "slides"], store, spec=TileSpec(mpp=0.5, tile_px=64), quiet=True, encoder="test_tiny"
+    )
     run = train(store=str(store), labels=str(labels), task="grade", label_col="label",
                 model="abmil", folds=4, epochs=20, out=str(out / "run"),
                 overwrite=True)  # fmt: skip

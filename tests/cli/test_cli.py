@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import shared_slide
@@ -168,3 +170,25 @@ def test_train_and_predict_from_the_command_line(tmp_path):
     assert "Traceback" not in r.output
     r = runner.invoke(app, [*args, "--task", "grading", "--out", str(tmp_path / "r3")])
     assert r.exit_code == 1 and "--task must be one of grade, survival" in r.output
+
+
+def test_tile_default_encoder_is_real_and_offline_fails_fast(tmp_path, synthetic_slide):
+    """No --encoder means CLAM's resnet50_trunc, never the test encoder; offline (no cached
+    weights) it stops at once with one line that says to pass --weights, and leaves no store."""
+    import os
+    import time
+
+    pytest.importorskip("timm")
+    from wsimm.pipeline._tile import tile_slides
+
+    assert inspect.signature(tile_slides).parameters["encoder"].default == "resnet50_trunc"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    t = time.perf_counter()
+    r = subprocess.run(["wsimm", "tile", str(synthetic_slide.path), "--store",
+                        str(tmp_path / "s.zarr"), "--quiet"], capture_output=True, text=True,
+                       env=env)  # fmt: skip
+    assert time.perf_counter() - t < 60
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "resnet50_trunc" in lines[0] and "--weights PATH" in lines[0]
+    assert not (tmp_path / "s.zarr").exists()

@@ -57,7 +57,13 @@ def tumour_run(tmp_path_factory):
     pd.DataFrame(rows, columns=["patient_id", "slide_id", "label"]).to_csv(
         d / "labels.csv", index=False
     )
-    rep = tile_slides([d / "slides"], d / "s.zarr", spec=TileSpec(mpp=0.5, tile_px=64), quiet=True)
+    rep = tile_slides(
+        [d / "slides"],
+        d / "s.zarr",
+        spec=TileSpec(mpp=0.5, tile_px=64),
+        quiet=True,
+        encoder="test_tiny",
+    )
     assert not rep.failed
     res = train(store=str(d / "s.zarr"), labels=str(d / "labels.csv"), task="grade",
                 label_col="label", out=str(d / "run"), model="abmil", folds=3, epochs=20,

@@ -30,7 +30,7 @@ def tiled(tmp_path_factory):
                     p_no_slide=0.0, p_multi_slide=0.3, p_no_omics=0.2)  # fmt: skip
     paths = c.save(d / "tables")
     rep = tile_slides([d / "slides"], d / "s.zarr", spec=TileSpec(mpp=0.5, tile_px=64),
-                      quiet=True)  # fmt: skip
+                      quiet=True, encoder="test_tiny")  # fmt: skip
     assert not rep.failed
     run = train(store=str(d / "s.zarr"), labels=str(paths["labels"]), task="grade", folds=2,
                 epochs=2, out=str(d / "run"), quiet=True)  # fmt: skip

@@ -48,7 +48,7 @@ def test_killed_worker_loses_and_duplicates_nothing(twenty_slides, tmp_path):
     from distributed import Client, LocalCluster
 
     ref = tmp_path / "ref.zarr"
-    rep = tile_slides([twenty_slides], ref, spec=SPEC, workers=1, quiet=True)
+    rep = tile_slides([twenty_slides], ref, spec=SPEC, workers=1, quiet=True, encoder="test_tiny")
     assert not rep.failed and len(rep.results) == 20
 
     store = tmp_path / "dist.zarr"
@@ -66,6 +66,7 @@ def test_killed_worker_loses_and_duplicates_nothing(twenty_slides, tmp_path):
                     spec=SPEC,
                     quiet=True,
                     scheduler=cluster.scheduler_address,
+                    encoder="test_tiny",
                 )
             )
         )
@@ -97,7 +98,7 @@ def test_two_concurrent_tile_runs_on_one_store(twenty_slides, tmp_path):
     store = tmp_path / "race.zarr"
     cmd = [sys.executable, "-m", "wsimm_cli.main", "tile", str(twenty_slides), "--store",
            str(store), "--mpp", "0.5", "--tile-px", "64", "--overlap", "0.5", "--workers", "1",
-           "--quiet"]  # fmt: skip
+           "--encoder", "test_tiny", "--quiet"]  # fmt: skip
     a = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # the second run starts once the first holds the store
     deadline = time.time() + 60
@@ -111,8 +112,8 @@ def test_two_concurrent_tile_runs_on_one_store(twenty_slides, tmp_path):
         assert len(lines) == 1 and "another wsimm process" in lines[0], b.stderr
         assert "Traceback" not in b.stderr
     # whatever the interleaving, the store is whole and a rerun has nothing left to do
-    rep = tile_slides([twenty_slides], store, spec=SPEC, workers=1, quiet=True)
+    rep = tile_slides([twenty_slides], store, spec=SPEC, workers=1, quiet=True, encoder="test_tiny")
     assert {r.status for r in rep.results} == {"skipped"}
     ref = tmp_path / "ref.zarr"
-    tile_slides([twenty_slides], ref, spec=SPEC, workers=1, quiet=True)
+    tile_slides([twenty_slides], ref, spec=SPEC, workers=1, quiet=True, encoder="test_tiny")
     _same(_snapshot(ref), _snapshot(store))

@@ -33,7 +33,7 @@ def test_tiles_avoid_pen_and_background(tmp_path):
     sl = write_synthetic_slide(tmp_path / "p.svs", width=8192, height=6144, seed=7, mpp=0.25,
                                pen_marks=("blue", "green", "red"))  # fmt: skip
     rep = tile_slides([tmp_path / "p.svs"], tmp_path / "c.zarr", quiet=True, workers=2,
-                      qc_dir=tmp_path / "qc")  # fmt: skip
+                      qc_dir=tmp_path / "qc", encoder="test_tiny")  # fmt: skip
     assert not rep.failed and (tmp_path / "qc" / "p.png").exists()
     fs = open_store(tmp_path / "c.zarr")
     coords = fs.coords("p")
@@ -55,15 +55,21 @@ def test_tiles_avoid_pen_and_background(tmp_path):
 
 def test_rerun_skips_and_param_change_needs_overwrite(cohort_dir, tmp_path):
     store = tmp_path / "c.zarr"
-    r1 = tile_slides([cohort_dir], store, quiet=True, workers=2)
+    r1 = tile_slides([cohort_dir], store, quiet=True, workers=2, encoder="test_tiny")
     assert [r.status for r in r1.results] == ["done"] * 6
-    r2 = tile_slides([cohort_dir], store, quiet=True, workers=2)
+    r2 = tile_slides([cohort_dir], store, quiet=True, workers=2, encoder="test_tiny")
     assert [r.status for r in r2.results] == ["skipped"] * 6
-    r3 = tile_slides([cohort_dir / "slide0.svs"], store, spec=TileSpec(tile_px=128), quiet=True)
+    r3 = tile_slides(
+        [cohort_dir / "slide0.svs"],
+        store,
+        spec=TileSpec(tile_px=128),
+        quiet=True,
+        encoder="test_tiny",
+    )
     assert r3.failed and "--overwrite" in r3.failed[0].error
     assert "slide0" in open_store(store).slides()  # untouched
     r4 = tile_slides([cohort_dir / "slide0.svs"], store, spec=TileSpec(tile_px=128),
-                     quiet=True, overwrite=True)  # fmt: skip
+                     quiet=True, overwrite=True, encoder="test_tiny")  # fmt: skip
     assert not r4.failed
     assert open_store(store).slide_attrs("slide0")["tile_px"] == 128
 
@@ -73,7 +79,12 @@ def test_bad_slides_do_not_stop_the_batch(cohort_dir, tmp_path):
     bad.write_bytes(b"II*\x00" + b"\x00" * 100)
     blank = write_synthetic_slide(tmp_path / "blank.svs", width=2048, height=2048,
                                   tissue_fraction=0.0).path  # fmt: skip
-    rep = tile_slides([cohort_dir / "slide1.svs", bad, blank], tmp_path / "c.zarr", quiet=True)
+    rep = tile_slides(
+        [cohort_dir / "slide1.svs", bad, blank],
+        tmp_path / "c.zarr",
+        quiet=True,
+        encoder="test_tiny",
+    )
     status = {r.slide_id: r for r in rep.results}
     assert status["slide1"].status == "done"
     assert status["bad"].status == "failed" and "bad.svs" in status["bad"].error
@@ -92,10 +103,11 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(cohort_dir, tmp_path):
     ref = tmp_path / "ref.zarr"
     # a dense grid (16 tiles per tile area) so the run lasts long enough to be killed
     spec = TileSpec(mpp=0.25, overlap=0.75)
-    tile_slides([cohort_dir], ref, quiet=True, workers=1, spec=spec)
+    tile_slides([cohort_dir], ref, quiet=True, workers=1, spec=spec, encoder="test_tiny")
     store = tmp_path / "killed.zarr"
     cmd = [sys.executable, "-m", "wsimm_cli.main", "tile", str(cohort_dir), "--store", str(store),
-           "--mpp", "0.25", "--overlap", "0.75", "--workers", "1", "--quiet"]  # fmt: skip
+           "--mpp", "0.25", "--overlap", "0.75", "--workers", "1", "--encoder", "test_tiny",
+           "--quiet"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     killed_mid_run = False
@@ -114,7 +126,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(cohort_dir, tmp_path):
     assert killed_mid_run, "the run finished before it could be killed"
     partial = open_store(store)
     assert 1 <= len(partial.slides()) < 6
-    rep = tile_slides([cohort_dir], store, quiet=True, workers=1, spec=spec)
+    rep = tile_slides([cohort_dir], store, quiet=True, workers=1, spec=spec, encoder="test_tiny")
     assert not rep.failed
     assert {r.status for r in rep.results} == {"done", "skipped"}
     a, b = _snapshot(ref), _snapshot(store)

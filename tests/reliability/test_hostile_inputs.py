@@ -143,7 +143,8 @@ def test_bad_slides_in_one_batch_each_get_one_line(bad_slides, tmp_path):
 def test_absurd_options_are_one_line_errors(bad_slides, tmp_path, args, pattern):
     _, good, _ = bad_slides
     store = tmp_path / "c.zarr"
-    r = runner.invoke(app, ["tile", str(good), "--store", str(store), "--quiet", *args])
+    r = runner.invoke(app, ["tile", str(good), "--store", str(store), "--encoder", "test_tiny",
+                            "--quiet", *args])  # fmt: skip
     _no_traceback(r)
     assert r.exit_code != 0
     (err,) = _errors(r)
@@ -163,7 +164,8 @@ def test_missing_paths_and_empty_folders_refused_before_any_work(bad_slides, tmp
         (tmp_path / "empty", r"folder holds no slide files"),
     ]
     for path, pattern in cases:
-        r = runner.invoke(app, ["tile", str(good), str(path), "--store", str(store), "--quiet"])
+        r = runner.invoke(app, ["tile", str(good), str(path), "--store", str(store),
+                                "--encoder", "test_tiny", "--quiet"])  # fmt: skip
         _no_traceback(r)
         assert r.exit_code == 1
         (err,) = _errors(r)
@@ -176,7 +178,8 @@ def test_two_files_with_one_slide_id_are_refused(bad_slides, tmp_path):
     (tmp_path / "in").mkdir()
     shutil.copy(good, tmp_path / "in" / "a b.svs")
     shutil.copy(good, tmp_path / "in" / "a_b.svs")
-    r = runner.invoke(app, ["tile", str(tmp_path / "in"), "--store", str(tmp_path / "c.zarr")])
+    r = runner.invoke(app, ["tile", str(tmp_path / "in"), "--store", str(tmp_path / "c.zarr"),
+                            "--encoder", "test_tiny"])  # fmt: skip
     _no_traceback(r)
     assert r.exit_code == 1
     (err,) = _errors(r)
@@ -349,3 +352,67 @@ def test_docs_table_lists_every_case(bad_stores):
     cases += ["missing-path", "dangling-symlink", "empty-folder", "slide-id-collision"]
     missing = [c for c in cases if f"`{c}`" not in text]
     assert not missing, f"docs/reliability.md lacks rows for {missing}"
+
+
+@pytest.mark.parametrize(
+    "case", ["text-as-svs", "zero-metadata-mpp", "no-tissue", "corrupt-tile-data", "zero-byte"]
+)
+def test_a_failed_tile_run_leaves_no_store_it_created(bad_slides, tmp_path, case):
+    _, _, files = bad_slides
+    store = tmp_path / "c.zarr"
+    r = runner.invoke(app, ["tile", str(files[case]), "--store", str(store), "--encoder",
+                            "test_tiny", "--quiet"])  # fmt: skip
+    _no_traceback(r)
+    assert r.exit_code == 1 and len(_errors(r)) == 1
+    assert not store.exists()
+
+
+def test_a_failed_tile_run_keeps_a_store_that_was_there(bad_slides, tmp_path):
+    _, good, files = bad_slides
+    store = tmp_path / "c.zarr"
+    assert runner.invoke(app, ["tile", str(good), "--store", str(store), "--encoder", "test_tiny",
+                               "--quiet"]).exit_code == 0  # fmt: skip
+    r = runner.invoke(app, ["tile", str(files["text-as-svs"]), "--store", str(store),
+                            "--encoder", "test_tiny", "--quiet"])  # fmt: skip
+    assert r.exit_code == 1 and open_store(store).slides() == ["good"]
+
+
+def test_training_on_an_empty_store_says_it_is_empty(tmp_path):
+    open_store(tmp_path / "empty.zarr", "a")
+    (tmp_path / "l.csv").write_text("patient_id,slide_id,grade\nP1,S1,0\nP2,S2,1\n")
+    r = runner.invoke(app, ["train", "--store", str(tmp_path / "empty.zarr"), "--labels",
+                            str(tmp_path / "l.csv"), "--task", "grade", "--out",
+                            str(tmp_path / "run"), "--quiet"])  # fmt: skip
+    _no_traceback(r)
+    (err,) = _errors(r)
+    assert "holds no complete slide" in err and "wsimm tile" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_train_leaves_no_run_folder_it_created(tmp_path):
+    pytest.importorskip("torch")
+    from wsimm.testing import bags_to_store, make_mil_cohort
+
+    c = make_mil_cohort(12, seed=1, feature_dim=8, tiles_per_slide=(5, 10))
+    bags_to_store(c.bags, tmp_path / "s.zarr")
+    c.labels.to_csv(tmp_path / "l.csv", index=False)
+    base = ["train", "--store", str(tmp_path / "s.zarr"), "--labels", str(tmp_path / "l.csv"),
+            "--task", "grade", "--quiet", "--folds", "3"]  # fmt: skip
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "run"), "--model", "abmill"])
+    _no_traceback(r)
+    (err,) = _errors(r)
+    assert "unknown MIL model 'abmill'" in err and "abmil" in err
+    assert not (tmp_path / "run").exists()
+    # a failure after config.yaml and splits.csv were written: a model option the model
+    # refuses when the first fold builds it
+    (tmp_path / "run.yaml").write_text("model_kwargs: {no_such_option: 1}\n")
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "run2"), "--config",
+                            str(tmp_path / "run.yaml")])  # fmt: skip
+    _no_traceback(r)
+    (err,) = _errors(r)
+    assert "no_such_option" in err and not (tmp_path / "run2").exists()
+    # a folder that existed before keeps what it had
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "mine"), "--model", "abmill"])
+    assert r.exit_code != 0 and (tmp_path / "mine" / "notes.txt").read_text() == "keep"

@@ -55,11 +55,13 @@ def test_normalisation_undoes_a_stain_change(tmp_path):
 
 def test_tiling_with_stain_normalisation_records_the_model(tmp_path):
     s = write_synthetic_slide(tmp_path / "s.svs", width=3072, height=2048, seed=3, mpp=0.5)
-    rep = tile_slides([s.path], tmp_path / "a.zarr", stain_norm="macenko", quiet=True)
+    rep = tile_slides(
+        [s.path], tmp_path / "a.zarr", stain_norm="macenko", quiet=True, encoder="test_tiny"
+    )
     assert not rep.failed
     a = open_store(tmp_path / "a.zarr").slide_attrs("s")
     assert a["stain_norm"] == "macenko" and len(a["stain_model"]["he"]) == 3
-    raw = tile_slides([s.path], tmp_path / "b.zarr", quiet=True)
+    raw = tile_slides([s.path], tmp_path / "b.zarr", quiet=True, encoder="test_tiny")
     assert not raw.failed
     fa = open_store(tmp_path / "a.zarr").features("s")
     fb = open_store(tmp_path / "b.zarr").features("s")

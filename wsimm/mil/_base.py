@@ -185,14 +185,19 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, in_dim: int, n_outputs: int, **kwargs: Any) -> MILModel:
-    """Build a registered MIL model; unknown names list the close matches."""
+def check_model(name: str) -> None:
+    """Refuse a name no MIL model is registered under, listing the close matches."""
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=3, cutoff=0.4)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ConfigError(
             f"unknown MIL model {name!r}{hint}; choose one of {', '.join(list_models())}"
         )
+
+
+def create_model(name: str, in_dim: int, n_outputs: int, **kwargs: Any) -> MILModel:
+    """Build a registered MIL model; unknown names list the close matches."""
+    check_model(name)
     try:
         model = _MODELS[name](in_dim, n_outputs, **kwargs)
     except TypeError as e:

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -353,7 +354,7 @@ def tile_slides(
     *,
     spec: TileSpec | None = None,
     tissue: TissueParams | str = "default",
-    encoder: str | None = "test_tiny",
+    encoder: str | None = "resnet50_trunc",
     weights: str | None = None,
     batch_size: int = 64,
     device: str = "auto",
@@ -379,7 +380,10 @@ def tile_slides(
         :class:`~wsimm.tissue.TissueParams` or a preset name (``default``, ``biopsy``,
         ``resection``).
     encoder
-        Registered encoder name, or ``None`` / ``"none"`` for coordinates only.
+        Registered encoder name (default ``resnet50_trunc``, CLAM's feature extractor: its
+        ImageNet weights come from the Hugging Face hub, or from ``weights``), or ``None`` /
+        ``"none"`` for coordinates only. ``test_tiny`` and ``mean_rgb`` are for tests: the
+        store marks their features so and ``wsimm train`` warns.
     workers, scheduler
         Threads of the local cluster, or the address of an existing Dask scheduler.
     slide_mpp
@@ -398,20 +402,20 @@ def tile_slides(
         Per-slide status (done / skipped / failed with the reason), tiles, timings. Slides
         that fail do not stop the others.
     """
-    from distributed import as_completed
-
     from wsimm.slide import find_slides
     from wsimm.store import open_store
-    from wsimm.store._store import encoder_id, slide_id_from_path
+    from wsimm.store._store import slide_id_from_path
 
     t_start = time.perf_counter()
     spec = spec or TileSpec()
     tissue = resolve_tissue_params(tissue)
     enc_name = None if encoder in (None, "none") else encoder
-    if enc_name is not None:
-        _encoder(enc_name, weights, device)  # fail fast on an unknown name or bad weights
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if stain_norm not in (None, "none", "macenko"):
+        raise ConfigError(f"--stain-norm must be none or macenko, got {stain_norm!r}")
+    if enc_name is not None:
+        _encoder(enc_name, weights, device)  # fail fast on an unknown name or bad weights
     paths = find_slides(slides if isinstance(slides, list) else [slides])
     ids: dict[str, str] = {}
     for p in paths:
@@ -421,10 +425,44 @@ def tile_slides(
                 f"slides {ids[sid]} and {p} would share the slide id {sid!r}; rename one"
             )
         ids[sid] = p
+    created = not os.path.exists(os.fspath(store))
     fs = open_store(store, "a")
+    try:
+        report = _tile_into(fs, ids, spec, tissue, enc_name, weights, batch_size, device,
+                            workers, scheduler, slide_mpp, qc_dir, overwrite, stain_norm,
+                            quiet)  # fmt: skip
+    finally:
+        if created:
+            _discard_if_unused(os.fspath(store))
+    report.seconds = time.perf_counter() - t_start
+    order = {sid: i for i, sid in enumerate(ids)}
+    report.results.sort(key=lambda r: order.get(r.slide_id, 0))
+    return report
+
+
+def _discard_if_unused(path: str) -> None:
+    """Remove a store this call created when it holds no slide at all (every slide failed, or
+    the run stopped before one finished), unless another writer holds its lock: a failed
+    ``wsimm tile`` leaves no empty store for ``wsimm train`` to misread."""
+    from wsimm.store import open_store
+
+    try:
+        if os.path.exists(os.path.join(path, ".wsimm.lock")) or open_store(path).all_slide_ids():
+            return
+    except (OSError, WsimmError):
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _tile_into(fs, ids, spec, tissue, enc_name, weights, batch_size, device, workers,
+               scheduler, slide_mpp, qc_dir, overwrite, stain_norm,
+               quiet) -> TileReport:  # fmt: skip
+    """:func:`tile_slides` once its options are checked and the store is open."""
+    from distributed import as_completed
+
+    from wsimm.store._store import encoder_id
+
     report = TileReport(store=fs.path)
-    if stain_norm not in (None, "none", "macenko"):
-        raise ConfigError(f"--stain-norm must be none or macenko, got {stain_norm!r}")
     stain_norm = None if stain_norm == "none" else stain_norm
     params = _params(spec, tissue, slide_mpp, stain_norm)
     workers = workers or default_workers(_encoder(enc_name, weights, device) if enc_name else None)
@@ -471,9 +509,6 @@ def tile_slides(
 
         if jobs:
             _run(jobs, fs, report, params, workers, scheduler, quiet, as_completed)
-    report.seconds = time.perf_counter() - t_start
-    order = {sid: i for i, sid in enumerate(ids)}
-    report.results.sort(key=lambda r: order.get(r.slide_id, 0))
     return report
 
 

@@ -4,6 +4,7 @@ the run directory (config.yaml, splits.csv, fold_<k>/, metrics.json, predictions
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import traceback
 import warnings
@@ -70,17 +71,41 @@ def train(
         raise ConfigError(
             f"{out}: already holds a finished run; choose another --out or pass --overwrite"
         )
+    if cfg.fusion == "none" or cfg.store:
+        from wsimm.mil import check_model
+
+        check_model(cfg.model)  # a typo fails before anything is read or written
+    created = not out.exists()
+    try:
+        return _train(cfg, out, quiet=quiet, t0=t0)
+    except BaseException:
+        # a run folder this call made holds no finished run: gone, as if never asked for
+        # (a folder that was there before keeps what it had)
+        if created and out.is_dir() and not (out / "metrics.json").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _train(cfg: TrainConfig, out: Path, *, quiet: bool, t0: float) -> RunResult:
     from wsimm.store import open_store
+
+    def store_slides() -> list[str]:
+        ids = open_store(cfg.store).slides()
+        if not ids:
+            raise DataError(
+                f"{cfg.store}: the feature store holds no complete slide (a failed or "
+                "interrupted wsimm tile?); tile slides into it with wsimm tile first"
+            )
+        return ids
 
     fd = None
     if cfg.fusion == "none":
-        ex = load_examples(cfg, open_store(cfg.store).slides())
+        ex = load_examples(cfg, store_slides())
         source = BagSource(str(cfg.store), ex.slides, encoder=cfg.encoder, cache=cfg.cache)
     else:
         from wsimm.train._fusion import load_fusion_data
 
-        store_slides = open_store(cfg.store).slides() if cfg.store else None
-        ex = load_examples(cfg, store_slides, slides_required=False)
+        ex = load_examples(cfg, store_slides() if cfg.store else None, slides_required=False)
         source = (
             BagSource(str(cfg.store), ex.slides, encoder=cfg.encoder, cache=cfg.cache)
             if cfg.store and ex.slides
