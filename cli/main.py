@@ -192,8 +192,15 @@ def tile(
 
 
 def _summary(title: str, report, quiet: bool) -> None:
-    """Per-slide table + totals (unless quiet); failures on stderr; exit 1 if any failed."""
-    if not quiet:
+    """Per-slide table + totals (one line of totals when quiet); failures on stderr; exit 1
+    if any failed."""
+    n = {k: sum(r.status == k for r in report.results) for k in ("done", "skipped", "failed")}
+    if quiet:
+        typer.echo(
+            f"{title}: {n['done']} done, {n['skipped']} skipped, {n['failed']} failed -> "
+            f"{report.store}"
+        )
+    else:
         from rich.table import Table
 
         table = Table(title=f"{title} -> {report.store}")
@@ -205,7 +212,6 @@ def _summary(title: str, report, quiet: bool) -> None:
                 r.slide_id, f"[{colour}]{r.status}[/{colour}]", str(r.tiles), f"{r.seconds:.1f}"
             )
         stdout_console().print(table)
-        n = {k: sum(r.status == k for r in report.results) for k in ("done", "skipped", "failed")}
         stdout_console().print(
             f"{n['done']} done, {n['skipped']} skipped, {n['failed']} failed; "
             f"{report.tiles} tiles in {report.seconds:.1f} s"
@@ -312,47 +318,132 @@ def import_h5_cmd(
 @app.command()
 @handle_errors
 def train(
-    store: Annotated[Path | None, typer.Option("--store", help="Feature store (.zarr).")] = None,
-    labels: Annotated[
-        Path | None, typer.Option("--labels", help="CSV/TSV/parquet: patient, slide, outcomes.")
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            "--store",
+            help="Feature store (.zarr). Required with slides (not for an "
+            "omics/clinical-only --fusion run), here or in --config.",
+        ),
     ] = None,
-    task: Annotated[str | None, typer.Option("--task", help="grade or survival.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Run directory to write.")] = None,
-    label_col: Annotated[str | None, typer.Option("--label-col")] = None,
-    time_col: Annotated[str | None, typer.Option("--time-col")] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="CSV/TSV/parquet: patient, slide, outcomes. Required, here or in --config.",
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option("--task", help="grade or survival. Required, here or in --config."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Run directory to write. Required, here or in --config.",
+        ),
+    ] = None,
+    label_col: Annotated[
+        str | None,
+        typer.Option(
+            "--label-col",
+            help="Labels column with the grade (class) to predict.",
+            show_default="grade",
+        ),
+    ] = None,
+    time_col: Annotated[
+        str | None,
+        typer.Option("--time-col", help="Survival time column.", show_default="time"),
+    ] = None,
     event_col: Annotated[
-        str | None, typer.Option("--event-col", help="1 = event observed, 0 = censored.")
+        str | None,
+        typer.Option("--event-col", help="1 = event observed, 0 = censored.", show_default="event"),
     ] = None,
     censorship_col: Annotated[
         str | None,
         typer.Option("--censorship-col", help="Use instead of --event-col when 1 = censored."),
     ] = None,
-    patient_col: Annotated[str | None, typer.Option("--patient-col")] = None,
-    slide_col: Annotated[str | None, typer.Option("--slide-col")] = None,
+    patient_col: Annotated[
+        str | None,
+        typer.Option(
+            "--patient-col",
+            help="Patient id column (folds split patients).",
+            show_default="patient_id",
+        ),
+    ] = None,
+    slide_col: Annotated[
+        str | None,
+        typer.Option(
+            "--slide-col",
+            help="Slide id column: slide file names without extension.",
+            show_default="slide_id",
+        ),
+    ] = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", help="mean, max, abmil, abmil_gated, clam_sb, clam_mb, transmil."),
+        typer.Option(
+            "--model",
+            help="mean, max, abmil, abmil_gated, clam_sb, clam_mb, transmil.",
+            show_default="abmil",
+        ),
     ] = None,
-    encoder: Annotated[str | None, typer.Option("--encoder", help="Which features.")] = None,
-    folds: Annotated[int | None, typer.Option("--folds", min=2)] = None,
+    encoder: Annotated[
+        str | None,
+        typer.Option(
+            "--encoder",
+            help="Which features, when the store has several.",
+            show_default="the one every slide has",
+        ),
+    ] = None,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            "--folds", min=2, help="Patient-level cross-validation folds.", show_default="5"
+        ),
+    ] = None,
     splits: Annotated[
         Path | None, typer.Option("--splits", help="splits.csv, a run dir, or CLAM splits_k.csv.")
     ] = None,
     survival_loss: Annotated[
-        str | None, typer.Option("--survival-loss", help="nll (discrete time) or cox.")
+        str | None,
+        typer.Option("--survival-loss", help="nll (discrete time) or cox.", show_default="nll"),
     ] = None,
     multi_slide: Annotated[
         str | None,
-        typer.Option("--multi-slide", help="tiles (pool a patient's tiles) or slides."),
+        typer.Option(
+            "--multi-slide", help="tiles (pool a patient's tiles) or slides.", show_default="tiles"
+        ),
     ] = None,
     max_tiles: Annotated[
-        int | None, typer.Option("--max-tiles", help="Tiles sampled per bag in training.")
+        int | None,
+        typer.Option(
+            "--max-tiles",
+            help="Tiles sampled per bag in training (all at test time).",
+            show_default="8192",
+        ),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Bags per step.")] = None,
-    lr: Annotated[float | None, typer.Option("--lr")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Bags per step.", show_default="8")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="AdamW learning rate.", show_default="0.001")
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs",
+            min=1,
+            help="Most epochs; the epoch is chosen on validation patients (early stopping).",
+            show_default="40",
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Folds, sampling and init.", show_default="0")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto, cpu or cuda.", show_default="auto")
+    ] = None,
     omics: Annotated[
         Path | None,
         typer.Option("--omics", help="Omics: .h5ad (obs = patients) or a table of <gene>_<assay>."),
@@ -365,15 +456,28 @@ def train(
         Path | None, typer.Option("--clinical", help="Clinical table (rows: patients or slides).")
     ] = None,
     clinical_cols: Annotated[
-        str | None, typer.Option("--clinical-cols", help="Comma-separated clinical columns to use.")
+        str | None,
+        typer.Option(
+            "--clinical-cols",
+            help="Comma-separated clinical columns to use.",
+            show_default="every usable column",
+        ),
     ] = None,
     fusion: Annotated[
         str | None,
-        typer.Option("--fusion", help="none (slides only), graph, late, concat or kronecker."),
+        typer.Option(
+            "--fusion",
+            help="none (slides only), graph, late, concat or kronecker.",
+            show_default="none",
+        ),
     ] = None,
     baselines: Annotated[
         str | None,
-        typer.Option("--baselines", help="Baselines on the same folds: auto, none or names."),
+        typer.Option(
+            "--baselines",
+            help="Baselines on the same folds: auto, none or names.",
+            show_default="auto",
+        ),
     ] = None,
     tune: Annotated[
         bool | None,
@@ -381,10 +485,12 @@ def train(
             "--tune/--no-tune",
             help="Choose lr and weight decay (or a tune: grid in --config) per fold by inner "
             "cross-validation on its training patients.",
+            show_default="no-tune",
         ),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", help="YAML with any of these options.")
+        Path | None,
+        typer.Option("--config", help="YAML with any of these options (flags given here win)."),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished run.")] = False,
     quiet: Quiet = False,
@@ -399,15 +505,32 @@ def train(
     from wsimm.train._dist import is_main_process
 
     cfg = TrainConfig.load(config, **given) if config else TrainConfig(**given)
+    _require_train_options(cfg, given, config)
     one_line_warnings()
     quiet = quiet or not is_main_process()  # under torchrun, rank 0 reports
     res = run_train(cfg, overwrite=overwrite, quiet=quiet)
     if not quiet:
         _print_run(res)
+    elif is_main_process():
+        typer.echo(f"wsimm train: {res.out} (metrics.json, predictions.csv)")
     for k, err in res.failed.items():
         typer.echo(f"error: fold {k} failed: {err}", err=True)
     if res.failed:
         raise typer.Exit(1)
+
+
+def _require_train_options(cfg, given: dict, config: Path | None) -> None:
+    """--labels, --task and --out have no default a user would mean: each must come from a
+    flag or from --config (the library's TrainConfig keeps its defaults for scripts)."""
+    import yaml
+
+    from wsimm.errors import ConfigError
+
+    raw = (yaml.safe_load(Path(config).read_text()) or {}) if config else {}
+    from_file = {str(k).replace("-", "_") for k in raw}
+    for name, hint in (("labels", "TABLE"), ("task", "grade|survival"), ("out", "RUN_DIR")):
+        if name not in given and name not in from_file:
+            raise ConfigError(f"--{name} {hint} is required (as a flag or in --config)")
 
 
 def _print_run(res) -> None:
@@ -591,8 +714,7 @@ def heatmap(
         tiff_downsample=tiff_downsample,
     )
     done = [r for r in rep.results if r["status"] == "done"]
-    if not quiet:
-        typer.echo(f"{len(done)} of {len(rep.results)} slides drawn into {rep.out}")
+    typer.echo(f"{len(done)} of {len(rep.results)} slides drawn into {rep.out}")
     for r in rep.failed:
         typer.echo(f"error: {r['slide_id']}: {r['error']}", err=True)
     if rep.failed:
@@ -691,7 +813,15 @@ def demo(
             detail = ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("step", "seconds"))
             table.add_row(s["step"], detail, f"{s['seconds']:.2f}")
         stdout_console().print(table)
+    typer.echo(
+        f"wsimm demo: {res.out} (report.json; view it with wsimm view --run {res.out / 'run'} "
+        f"--store {res.out / 'features.zarr'})"
+        if "run" in res.files
+        else f"wsimm demo: {res.out} (report.json)"
+    )
     failed = [p for s in res.steps for p in s.get("failed", [])]
+    for p in failed:
+        typer.echo(f"error: {p}", err=True)
     if failed:
         raise typer.Exit(1)
 

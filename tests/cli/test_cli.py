@@ -85,6 +85,8 @@ def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     r = runner.invoke(app, ["demo", "--out", str(out), "--patients", "4", "--quiet"])
     assert r.exit_code == 0, r.output
+    # --quiet: one line, saying where the output went
+    assert r.stdout.strip().splitlines() == [f"wsimm demo: {out} (report.json)"]
     report = json.loads((out / "report.json").read_text())
     steps = {s["step"]: s for s in report["steps"]}
     assert steps["cohort"]["slides"] >= 3
@@ -168,6 +170,13 @@ def test_train_and_predict_from_the_command_line(tmp_path):
     )
     assert r.exit_code == 1 and "missing column(s) nope" in r.output
     assert "Traceback" not in r.output
+    # --quiet: one line, saying where the run went
+    r = runner.invoke(app, [*args, "--task", "grade", "--out", str(tmp_path / "r3"), "--config",
+                            str(tmp_path / "run.yaml"), "--quiet"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip().splitlines() == [
+        f"wsimm train: {tmp_path / 'r3'} (metrics.json, predictions.csv)"
+    ]
     r = runner.invoke(app, [*args, "--task", "grading", "--out", str(tmp_path / "r3")])
     assert r.exit_code == 1 and "--task must be one of grade, survival" in r.output
 
@@ -192,3 +201,37 @@ def test_tile_default_encoder_is_real_and_offline_fails_fast(tmp_path, synthetic
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "resnet50_trunc" in lines[0] and "--weights PATH" in lines[0]
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_train_help_shows_every_default_and_what_is_required(tmp_path):
+    """Each option of wsimm train with a default shows it in --help, equal to the default
+    TrainConfig uses; --labels, --task and --out say they are required and are enforced."""
+    import dataclasses
+
+    import typer
+
+    from wsimm.train import TrainConfig
+
+    cmd = typer.main.get_command(app).commands["train"]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    shown = {}
+    for p in cmd.params:
+        if p.name in ("labels", "task", "out", "store"):
+            assert "Required" in p.help, p.name
+        elif p.name in defaults and defaults[p.name] not in (None, dataclasses.MISSING):
+            want = defaults[p.name]
+            want = ("tune" if want else "no-tune") if p.name == "tune" else want
+            assert p.show_default == str(want), (p.name, p.show_default, want)
+            shown[p.name] = p.show_default
+        assert p.help, f"--{p.name} has no help"
+    assert {"label_col", "patient_col", "slide_col", "folds", "epochs", "lr", "seed",
+            "max_tiles", "batch_size"} <= set(shown)  # fmt: skip
+    text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "240"}).output
+    for d in ("[default: (grade)]", "[default: (patient_id)]", "[default: (0.001)]"):
+        assert d in text
+    (tmp_path / "l.csv").write_text("patient_id,slide_id,grade\n")
+    for missing in ("--labels", "--task", "--out"):
+        args = {"--labels": str(tmp_path / "l.csv"), "--task": "grade", "--out": "r"}
+        args.pop(missing)
+        r = runner.invoke(app, ["train", *[x for kv in args.items() for x in kv]])
+        assert r.exit_code == 1 and f"{missing} " in r.output and "is required" in r.output

@@ -217,7 +217,17 @@ def test_bad_stores_are_one_line_errors_and_left_untouched(bad_stores, bad_slide
     for case, (store, pattern) in bad_stores.items():
         before = sorted(p.name for p in store.iterdir()) if store.is_dir() else None
         commands = [
-            ["train", "--store", str(store), "--labels", str(labels), "--out", str(tmp_path / "r")],
+            [
+                "train",
+                "--store",
+                str(store),
+                "--labels",
+                str(labels),
+                "--task",
+                "grade",
+                "--out",
+                str(tmp_path / "r"),
+            ],
             ["export-h5", str(store), "--out", str(tmp_path / "h5")],
             ["embed", str(store), "--encoder", "test_tiny"],
         ]
@@ -336,8 +346,9 @@ def test_bad_labels_tables(cohort, tmp_path, case):
 def test_missing_labels_file(cohort, tmp_path):
     _, store = cohort
     r = runner.invoke(
-        app, ["train", "--store", str(store), "--labels", str(tmp_path / "no.csv"), "--quiet"]
-    )
+        app, ["train", "--store", str(store), "--labels", str(tmp_path / "no.csv"), "--task",
+              "grade", "--out", str(tmp_path / "r"), "--quiet"]
+    )  # fmt: skip
     _no_traceback(r)
     assert r.exit_code == 1
     (err,) = _errors(r)
@@ -370,8 +381,11 @@ def test_a_failed_tile_run_leaves_no_store_it_created(bad_slides, tmp_path, case
 def test_a_failed_tile_run_keeps_a_store_that_was_there(bad_slides, tmp_path):
     _, good, files = bad_slides
     store = tmp_path / "c.zarr"
-    assert runner.invoke(app, ["tile", str(good), "--store", str(store), "--encoder", "test_tiny",
-                               "--quiet"]).exit_code == 0  # fmt: skip
+    r = runner.invoke(app, ["tile", str(good), "--store", str(store), "--encoder", "test_tiny",
+                            "--quiet"])  # fmt: skip
+    assert r.exit_code == 0
+    # --quiet: one line of totals that names the store
+    assert r.stdout.strip().splitlines() == [f"wsimm tile: 1 done, 0 skipped, 0 failed -> {store}"]
     r = runner.invoke(app, ["tile", str(files["text-as-svs"]), "--store", str(store),
                             "--encoder", "test_tiny", "--quiet"])  # fmt: skip
     assert r.exit_code == 1 and open_store(store).slides() == ["good"]
