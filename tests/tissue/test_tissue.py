@@ -8,6 +8,7 @@ from tests.conftest import shared_slide
 from wsimm.slide import open_slide
 from wsimm.testing import write_synthetic_slide
 from wsimm.tissue import detect_tissue, draw_qc
+from wsimm.tissue._qc import TILES, TISSUE
 
 
 def _at_gt_scale(mask, shape):
@@ -43,10 +44,19 @@ def test_qc_image_draws_contour_and_grid(tmp_path, synthetic_slide):
         tm = detect_tissue(s)
     coords = np.array([[0, 0], [1024, 1024]])
     img = draw_qc(tm.thumbnail, tm.mask, downsample=tm.downsample, coords=coords,
-                  tile_size0=512, path=tmp_path / "qc.png")  # fmt: skip
+                  tile_size0=512, path=tmp_path / "qc.png", mpp=0.5, title="short")  # fmt: skip
     assert (tmp_path / "qc.png").exists()
-    assert ((img == (0, 200, 0)).all(axis=2)).sum() > 10  # contour pixels
-    assert ((img == (40, 90, 230)).all(axis=2)).sum() > 10  # tile outlines
+    assert ((img == TISSUE).all(axis=2)).sum() > 10  # contour pixels
+    assert ((img == TILES).all(axis=2)).sum() > 10  # tile outlines
+    # legible: at least 1,024 px wide or high whatever the thumbnail's size, and a legend band
+    # below the thumbnail with both colours' keys
+    assert max(tm.thumbnail.shape[:2]) < 1024 <= max(img.shape[:2])
+    legend = img[-40:]
+    assert (legend == TISSUE).all(axis=2).any() and (legend == TILES).all(axis=2).any()
+    # a long title wraps onto more lines instead of running off the image
+    long = draw_qc(tm.thumbnail, tm.mask, downsample=tm.downsample, mpp=0.5,
+                   title="a rather long slide name " * 12)  # fmt: skip
+    assert long.shape[1] == img.shape[1] and long.shape[0] > img.shape[0] + 40
 
 
 def test_real_cmu_tissue_fraction():

@@ -139,8 +139,10 @@ def _plan(job: dict[str, Any]) -> dict[str, Any]:
             downsample=tm.downsample,
             coords=grid.coords,
             tile_size0=grid.size0,
-            title=f"{job['slide_id']}: {len(grid)} tiles at {spec.mpp} um/px",
+            title=f"{job['slide_id']}: {len(grid)} tiles of {spec.tile_px} px at {spec.mpp:g} "
+            f"µm/px (slide level 0: {mpp:g} µm/px)",
             path=Path(job["qc_dir"]) / f"{job['slide_id']}.png",
+            mpp=mpp,
         )
     return {
         "coords": grid.coords,
