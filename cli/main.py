@@ -133,6 +133,14 @@ def tile(
     min_tissue: Annotated[
         float, typer.Option("--min-tissue", help="Minimum tissue fraction per tile.")
     ] = 0.25,
+    edge_tiles: Annotated[
+        bool,
+        typer.Option(
+            "--edge-tiles",
+            help="Also tile past the slide's right and bottom edges (white padding, as CLAM "
+            "does), so tissue at the border is tiled.",
+        ),
+    ] = False,
     encoder: Annotated[
         str,
         typer.Option(
@@ -174,7 +182,9 @@ def tile(
     report = tile_slides(
         [str(s) for s in slides],
         store,
-        spec=TileSpec(mpp=mpp, tile_px=tile_px, overlap=overlap, min_tissue=min_tissue),
+        spec=TileSpec(
+            mpp=mpp, tile_px=tile_px, overlap=overlap, min_tissue=min_tissue, edge_tiles=edge_tiles
+        ),
         tissue=tissue,
         encoder=encoder,
         weights=weights,

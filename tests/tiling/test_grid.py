@@ -49,6 +49,66 @@ def test_tissue_fractions_by_bands_equal_the_pixel_count():
             assert got == pytest.approx(box.sum() / 81, abs=1e-6)
 
 
+def test_edge_tiles_reach_past_the_right_and_bottom_edges():
+    spec = TileSpec(mpp=1.0, tile_px=256)
+    inside = plan_grid((1000, 700), (1.0,), 1.0, spec)
+    edge = plan_grid((1000, 700), (1.0,), 1.0, TileSpec(mpp=1.0, tile_px=256, edge_tiles=True))
+    assert len(inside) == 3 * 2 and len(edge) == 4 * 3
+    assert edge.coords[:, 0].max() == 768 and edge.coords[:, 1].max() == 512  # start < edge
+    assert (edge.coords[:, 0] < 1000).all() and (edge.coords[:, 1] < 700).all()
+    # exactly divisible: no extra column; with overlap the last tile still reaches the edge
+    even = TileSpec(mpp=1.0, tile_px=256, edge_tiles=True)
+    assert len(plan_grid((1024, 512), (1.0,), 1.0, even)) == 4 * 2
+    g = plan_grid((1000, 256), (1.0,), 1.0,
+                  TileSpec(mpp=1.0, tile_px=256, overlap=0.5, edge_tiles=True))  # fmt: skip
+    assert g.coords[:, 0].max() + 256 >= 1000 and g.coords[:, 0].max() - 128 + 256 < 1000
+    # a slide smaller than one tile gets one padded tile
+    assert len(plan_grid((100, 80), (1.0,), 1.0, TileSpec(mpp=1.0, edge_tiles=True))) == 1
+    # padding counts as background in the tissue fraction
+    mask = np.ones((70, 100), bool)
+    g = plan_grid((1000, 700), (1.0,), 1.0, TileSpec(mpp=1.0, tile_px=256, edge_tiles=True,
+                  min_tissue=0.0), mask=mask, mask_downsample=10.0)  # fmt: skip
+    last = (g.coords[:, 0] == 768) & (g.coords[:, 1] == 512)
+    assert g.tissue_fraction[last][0] == pytest.approx((1000 - 768) * (700 - 512) / 256**2)
+    # stores tiled before the option compare equal: the key is absent unless on
+    assert "edge_tiles" not in spec.to_dict()
+    assert TileSpec(edge_tiles=True).to_dict()["edge_tiles"] is True
+
+
+def test_edge_tiles_on_a_real_slide_are_padded_white(tmp_path):
+    from tests.conftest import shared_slide
+    from wsimm.pipeline import tile_slides
+    from wsimm.slide import open_slide
+    from wsimm.store import open_store
+    from wsimm.tiling import grid_from_store, read_tiles
+
+    path = shared_slide("CMU-1-Small-Region.svs")
+    rep = tile_slides([path], tmp_path / "a.zarr", encoder=None, quiet=True)
+    rep2 = tile_slides([path], tmp_path / "b.zarr", encoder=None, quiet=True,
+                       spec=TileSpec(edge_tiles=True))  # fmt: skip
+    assert not rep.failed and not rep2.failed
+    a, b = open_store(tmp_path / "a.zarr"), open_store(tmp_path / "b.zarr")
+    sid = "CMU-1-Small-Region"
+    assert b.slide_attrs(sid)["params"]["edge_tiles"] is True
+    assert "edge_tiles" not in a.slide_attrs(sid)["params"]
+    ca, cb = a.coords(sid), b.coords(sid)
+    assert {tuple(c) for c in ca} < {tuple(c) for c in cb}  # the same grid, plus edge tiles
+    w, h = b.slide_attrs(sid)["level0_dims"]
+    g = grid_from_store(b, sid)
+    past = (cb[:, 0] + g.size0 > w) | (cb[:, 1] + g.size0 > h)
+    assert past.sum() >= 2  # tissue at the bottom edge of this slide (about 150 px of it)
+    with open_slide(path) as s:
+        tiles = np.concatenate(list(read_tiles(s, g, cb[past])))
+    for (x, y), t in zip(cb[past], tiles, strict=True):
+        inside_w = int((w - x) / g.size0 * 256)
+        inside_h = int((h - y) / g.size0 * 256)
+        if inside_h < 255:
+            assert (t[inside_h + 1 :] == 255).all()  # rows past the bottom: white
+        if inside_w < 255:
+            assert (t[:, inside_w + 1 :] == 255).all()
+        assert (t[: max(1, inside_h - 1), : max(1, inside_w - 1)] < 250).any()  # tissue
+
+
 def test_tiny_slide_has_no_tiles():
     assert len(plan_grid((16, 16), (1.0,), 0.5, TileSpec())) == 0
 

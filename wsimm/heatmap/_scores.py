@@ -349,6 +349,7 @@ def _dense_features(
         tile_px=base.spec.tile_px,
         overlap=overlap,
         min_tissue=base.spec.min_tissue,
+        edge_tiles=base.spec.edge_tiles,
     )
     mask, mds = fs.tissue_mask(slide_id)
     with open_slide(source, mpp=float(a["mpp"])) as s:

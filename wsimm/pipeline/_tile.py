@@ -347,6 +347,8 @@ def _params(
     }
     if stain_norm:  # only when used, so stores tiled before the option keep matching
         params["stain_norm"] = stain_norm
+    if spec.edge_tiles:  # likewise
+        params["edge_tiles"] = True
     return params
 
 
@@ -673,11 +675,11 @@ def _no_tiles(job: dict[str, Any], res: dict[str, Any]) -> str:
     a, spec = res["attrs"], job["spec"]
     w, h = a["level0_dims"]
     side = float(a["tile_size0"])
-    if w < side or h < side:
+    if (w < side or h < side) and not spec.edge_tiles:
         return (
             f"{job['path']}: the slide ({w} x {h} px at {a['mpp']:.3g} µm/px) is smaller than "
             f"one {spec.tile_px}-px tile at {spec.mpp} µm/px ({side:.0f} px); use a smaller "
-            "--tile-px or a coarser --mpp"
+            "--tile-px or a coarser --mpp, or pass --edge-tiles to pad it"
         )
     return (
         f"{job['path']}: no tissue tiles found (tissue area {a['tissue_area_um2'] / 1e6:.3f} "

@@ -45,12 +45,17 @@ class TileSpec:
         Fraction of a tile shared with its neighbour, ``0 <= overlap < 1``.
     min_tissue
         Minimum fraction of a tile covered by the tissue mask.
+    edge_tiles
+        Also place the tiles that run past the slide's right and bottom edges (their outside
+        part is white padding, as CLAM pads), so tissue at the border is tiled; the tissue
+        fraction counts the padding as background.
     """
 
     mpp: float = 0.5
     tile_px: int = 256
     overlap: float = 0.0
     min_tissue: float = 0.25
+    edge_tiles: bool = False
 
     def __post_init__(self) -> None:
         if not (0.01 <= self.mpp <= 100):
@@ -68,7 +73,10 @@ class TileSpec:
         return max(1, round(self.tile_px * (1 - self.overlap)))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.edge_tiles:  # stores tiled before the option compare equal
+            d.pop("edge_tiles")
+        return d
 
 
 @dataclass(frozen=True)
@@ -199,7 +207,8 @@ def plan_grid(
 ) -> TileGrid:
     """Place tiles over a slide and keep those with enough tissue.
 
-    Only tiles entirely inside the slide are placed. Without a mask every tile is kept with
+    Only tiles entirely inside the slide are placed, unless ``spec.edge_tiles`` (then the
+    last column and row may run past the edge). Without a mask every tile is kept with
     tissue fraction 1.
     """
     if slide_mpp <= 0 or not math.isfinite(slide_mpp):
@@ -208,8 +217,12 @@ def plan_grid(
     size0 = spec.tile_px * spec.mpp / slide_mpp
     stride0 = spec.stride_px * spec.mpp / slide_mpp
     level = _best_level(tuple(level_downsamples), spec.mpp / slide_mpp)
-    nx = max(0, math.floor((w0 - size0) / stride0 + 1 + 1e-9)) if w0 >= size0 else 0
-    ny = max(0, math.floor((h0 - size0) / stride0 + 1 + 1e-9)) if h0 >= size0 else 0
+    if spec.edge_tiles:  # every start left of the edge until a tile reaches past it
+        nx = max(1, math.ceil((w0 - size0) / stride0 - 1e-9) + 1) if w0 > 0 else 0
+        ny = max(1, math.ceil((h0 - size0) / stride0 - 1e-9) + 1) if h0 > 0 else 0
+    else:
+        nx = max(0, math.floor((w0 - size0) / stride0 + 1 + 1e-9)) if w0 >= size0 else 0
+        ny = max(0, math.floor((h0 - size0) / stride0 + 1 + 1e-9)) if h0 >= size0 else 0
     gy, gx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
     coords = np.stack(
         [np.round(gx.ravel() * stride0), np.round(gy.ravel() * stride0)], axis=1
@@ -321,6 +334,7 @@ def grid_from_store(fs: Any, slide_id: str) -> TileGrid:
         tile_px=int(a["tile_px"]),
         overlap=float(p.get("overlap", 0.0)),
         min_tissue=float(a.get("min_tissue", 0.0)),
+        edge_tiles=bool(p.get("edge_tiles", False)),
     )
     return TileGrid(
         coords=fs.coords(slide_id),
