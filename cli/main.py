@@ -454,6 +454,15 @@ def train(
     device: Annotated[
         str | None, typer.Option("--device", help="auto, cpu or cuda.", show_default="auto")
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="torch CPU threads.",
+            show_default="1 without slides (small networks), torch's default with slides",
+        ),
+    ] = None,
     omics: Annotated[
         Path | None,
         typer.Option("--omics", help="Omics: .h5ad (obs = patients) or a table of <gene>_<assay>."),

@@ -54,6 +54,7 @@ class TrainConfig:
     workers: int = 2
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None
     # fusion (wsimm.fusion): omics / clinical tables, and how modalities are joined
     omics: str | None = None
     gene_groups: str | None = None
@@ -100,6 +101,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if isinstance(self.clinical_cols, str):
             self.clinical_cols = [c.strip() for c in self.clinical_cols.split(",") if c.strip()]
+        if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
+            raise ConfigError(f"--threads must be a whole number >= 1, got {self.threads!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.n_bins < 1 or self.graph_batch_size < 1:
             raise ConfigError("epochs, batch_size, graph_batch_size and n_bins must be >= 1")
         if self.tune is True:
