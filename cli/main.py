@@ -300,12 +300,20 @@ def export_h5_cmd(
     store: Annotated[Path, typer.Argument(help="Cohort feature store (.zarr).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for <slide_id>.h5 files.")],
     encoder: Annotated[str | None, typer.Option("--encoder", help="Which features.")] = None,
+    layout: Annotated[
+        str,
+        typer.Option(
+            "--layout",
+            help="wsimm (flat <slide>.h5), clam (patches/, h5_files/, pt_files/), trident "
+            "(<mag>x_<px>px_<overlap>px_overlap/ tree) or stamp (feats + coords in µm).",
+        ),
+    ] = "wsimm",
 ) -> None:
-    """Write CLAM/TRIDENT-style h5 (coords + features) per slide."""
+    """Write each slide's coords and features as h5 files CLAM, TRIDENT or STAMP read."""
     from wsimm.store import export_h5
 
-    files = export_h5(store, out, encoder=encoder)
-    typer.echo(f"wrote {len(files)} h5 files to {out}")
+    files = export_h5(store, out, encoder=encoder, layout=layout)
+    typer.echo(f"wrote {len(files)} files ({layout} layout) to {out}")
 
 
 @app.command("import-h5")
@@ -316,12 +324,20 @@ def import_h5_cmd(
     ],
     store: Annotated[Path, typer.Option("--store", help="Cohort feature store (.zarr).")],
     encoder: Annotated[str, typer.Option("--encoder", help="Name to file the features under.")],
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    slides_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--slides-dir",
+            help="Folder of the slide files (matched by name): attached for heatmaps and "
+            "views, and their µm/px and size fill what the h5 lacks (STAMP files need it).",
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace slides.")] = False,
 ) -> None:
-    """Bring existing CLAM/TRIDENT h5 features into a store."""
+    """Bring CLAM, TRIDENT or STAMP h5 features into a store."""
     from wsimm.store import import_h5
 
-    ids = import_h5(directory, store, encoder=encoder, overwrite=overwrite)
+    ids = import_h5(directory, store, encoder=encoder, overwrite=overwrite, slides_dir=slides_dir)
     typer.echo(f"imported {len(ids)} slides into {store}")
 
 

@@ -22,60 +22,167 @@ def _h5py():
     return h5py
 
 
+#: ``export_h5`` layouts: wsimm's flat folder, and each peer's own tree and attribute meanings
+LAYOUTS = ("wsimm", "clam", "trident", "stamp")
+
+
+def _coords_attrs(sid: str, a: dict) -> dict:
+    """The tile geometry under every name the peers read: ``patch_size`` (target px, TRIDENT's
+    meaning), ``patch_level``, ``patch_size_level0``, ``mpp`` / ``level0_mpp``, TRIDENT's
+    ``level0_width`` / ``level0_height``, ``level0_magnification`` / ``target_magnification``
+    (10 / µm/px) and ``overlap`` (target px)."""
+    dims = a.get("level0_dims") or [0, 0]
+    mpp0, tmpp = float(a.get("mpp", 0.0) or 0.0), float(a.get("target_mpp", 0.0) or 0.0)
+    size0, stride0 = float(a.get("tile_size0", 0) or 0), float(a.get("stride0", 0) or 0)
+    tile_px = int(a.get("tile_px", 0))
+    return {
+        "patch_size": tile_px,
+        "patch_level": int(a.get("read_level", 0)),
+        "patch_size_level0": round(size0),
+        "mpp": tmpp,
+        "level0_mpp": mpp0,
+        "wsimm_slide_id": sid,
+        "level0_width": int(dims[0]),
+        "level0_height": int(dims[1]),
+        "level0_magnification": 10.0 / mpp0 if mpp0 else 0.0,
+        "target_magnification": 10.0 / tmpp if tmpp else 0.0,
+        "overlap": round(max(0.0, size0 - stride0) * tile_px / size0) if size0 else 0,
+        "name": sid,
+    }
+
+
+def _clam_attrs(sid: str, a: dict, save_path: Path) -> dict:
+    """CLAM's meanings: ``patch_size`` is the tile's side in pixels of ``patch_level`` (what
+    its heatmap code multiplies by ``downsample`` to reach level 0), ``downsample`` and
+    ``level_dim`` / ``downsampled_level_dim`` of that level."""
+    ds = float(a.get("read_downsample", 1.0) or 1.0)
+    dims = a.get("level0_dims") or [0, 0]
+    level_dim = [round(int(dims[0]) / ds), round(int(dims[1]) / ds)]
+    return {
+        **_coords_attrs(sid, a),
+        "patch_size": round(float(a.get("tile_size0", 0) or 0) / ds),
+        "downsample": [ds, ds],
+        "downsampled_level_dim": level_dim,
+        "level_dim": level_dim,
+        "save_path": str(save_path),
+    }
+
+
+def _write_h5(target: Path, datasets: dict, coords_attrs: dict, root_attrs: dict | None = None):
+    """One h5 file, written under a temporary name and renamed (never half-written)."""
+    h5py = _h5py()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".partial")
+    with h5py.File(tmp, "w") as f:
+        for name, data in datasets.items():
+            d = f.create_dataset(name, data=data)
+            if name == "coords":
+                for k, v in coords_attrs.items():
+                    d.attrs[k] = v
+        for k, v in (root_attrs or {}).items():
+            f.attrs[k] = v
+    os.replace(tmp, target)
+    return target
+
+
 def export_h5(
     store: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
     encoder: str | None = None,
     slides: list[str] | None = None,
+    layout: str = "wsimm",
 ) -> list[Path]:
-    """Write one ``<slide_id>.h5`` per complete slide: ``coords`` (N, 2) int64 level-0
-    top-left with attrs ``patch_size`` (target px), ``patch_level`` (read level),
-    ``patch_size_level0``, ``mpp``, and TRIDENT's ``level0_width`` / ``level0_height``,
-    ``level0_magnification`` / ``target_magnification`` (10 / µm/px) and ``overlap`` (px);
-    and ``features`` (N, D) float32 when the slide has features for ``encoder``."""
+    """Write each complete slide's tiles and features as h5 files other tools read.
+
+    ``layout``:
+
+    - ``"wsimm"``: ``OUT/<slide>.h5`` with ``coords`` (N, 2) int64 level-0 top-left corners,
+      carrying the geometry under every name the peers read (see :func:`_coords_attrs`;
+      ``patch_size`` in TRIDENT's meaning, target pixels), and ``features`` (N, D) float32
+      when the slide has features for ``encoder``.
+    - ``"clam"``: CLAM's tree: ``OUT/patches/<slide>.h5`` (coords), ``OUT/h5_files/<slide>.h5``
+      (features + coords) and ``OUT/pt_files/<slide>.pt`` (the features as a torch tensor, for
+      CLAM's training without h5), with CLAM's attribute meanings (``patch_size`` in pixels of
+      ``patch_level``, ``downsample``, ``level_dim``).
+    - ``"trident"``: TRIDENT's tree: ``OUT/<mag>x_<px>px_<overlap>px_overlap/patches/
+      <slide>_patches.h5`` and ``.../features_<encoder>/<slide>.h5``.
+    - ``"stamp"``: STAMP's files: ``OUT/<slide>.h5`` with ``feats`` and ``coords`` in µm
+      (``unit = "um"``, ``tile_size_um``, ``tile_size_px``, ``extractor``).
+
+    Returns the files written.
+    """
     from wsimm.store._store import open_store
 
-    h5py = _h5py()
+    if layout not in LAYOUTS:
+        raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    _h5py()
     fs = open_store(store, "r")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[Path] = []
     for sid in slides or fs.slides():
         a = fs.slide_attrs(sid)
         coords = fs.coords(sid)
-        target = out_dir / f"{sid}.h5"
-        tmp = target.with_suffix(".h5.partial")
-        with h5py.File(tmp, "w") as f:
-            d = f.create_dataset("coords", data=coords)
-            d.attrs["patch_size"] = int(a.get("tile_px", 0))
-            d.attrs["patch_level"] = int(a.get("read_level", 0))
-            d.attrs["patch_size_level0"] = round(float(a.get("tile_size0", 0)))
-            d.attrs["mpp"] = float(a.get("target_mpp", 0.0))
-            d.attrs["level0_mpp"] = float(a.get("mpp", 0.0))
-            d.attrs["wsimm_slide_id"] = sid
-            # TRIDENT's names for the same geometry
-            dims = a.get("level0_dims") or [0, 0]
-            d.attrs["level0_width"], d.attrs["level0_height"] = int(dims[0]), int(dims[1])
-            mpp0, tmpp = float(a.get("mpp", 0.0) or 0.0), float(a.get("target_mpp", 0.0) or 0.0)
-            d.attrs["level0_magnification"] = 10.0 / mpp0 if mpp0 else 0.0
-            d.attrs["target_magnification"] = 10.0 / tmpp if tmpp else 0.0
-            size0, stride0 = float(a.get("tile_size0", 0) or 0), float(a.get("stride0", 0) or 0)
-            d.attrs["overlap"] = (
-                round(max(0.0, size0 - stride0) * a.get("tile_px", 0) / size0) if size0 else 0
+        encs = fs.encoders(sid)
+        if encoder and encoder not in encs:
+            raise StoreError(f"{fs.path}: slide {sid!r} has no {encoder!r} features (has {encs})")
+        enc = encoder or (encs[0] if len(encs) == 1 else None)
+        if enc is None and layout != "wsimm":
+            raise StoreError(
+                f"{fs.path}: slide {sid!r} has {encs if encs else 'no features'}; "
+                f"--layout {layout} needs one encoder's features (pass --encoder)"
             )
-            encs = fs.encoders(sid)
-            enc = encoder or (encs[0] if len(encs) == 1 else None)
-            if encoder and encoder not in encs:
+        feats = fs.features(sid, enc).astype(np.float32) if enc is not None else None
+        attrs = _coords_attrs(sid, a)
+        if layout == "wsimm":
+            data = {"coords": coords, **({"features": feats} if feats is not None else {})}
+            written.append(_write_h5(out_dir / f"{sid}.h5", data, attrs))
+            if feats is not None:
+                _tag_encoder(written[-1], enc)
+        elif layout == "clam":
+            cattrs = _clam_attrs(sid, a, out_dir / "patches")
+            written.append(_write_h5(out_dir / "patches" / f"{sid}.h5", {"coords": coords},
+                                     cattrs))  # fmt: skip
+            written.append(_write_h5(out_dir / "h5_files" / f"{sid}.h5",
+                                     {"features": feats, "coords": coords}, cattrs))  # fmt: skip
+            written.append(_write_pt(out_dir / "pt_files" / f"{sid}.pt", feats))
+        elif layout == "trident":
+            mag = attrs["target_magnification"]
+            run = out_dir / f"{mag:g}x_{attrs['patch_size']}px_{attrs['overlap']}px_overlap"
+            written.append(_write_h5(run / "patches" / f"{sid}_patches.h5", {"coords": coords},
+                                     attrs))  # fmt: skip
+            written.append(_write_h5(run / f"features_{enc}" / f"{sid}.h5",
+                                     {"features": feats, "coords": coords}, attrs))  # fmt: skip
+        else:  # stamp
+            mpp0 = float(a.get("mpp", 0.0) or 0.0)
+            if not mpp0:
                 raise StoreError(
-                    f"{fs.path}: slide {sid!r} has no {encoder!r} features (has {encs})"
+                    f"{fs.path}: slide {sid!r} has no µm/px; STAMP files need coordinates in µm"
                 )
-            if enc is not None:
-                fd = f.create_dataset("features", data=fs.features(sid, enc).astype(np.float32))
-                fd.attrs["encoder"] = enc
-        os.replace(tmp, target)
-        written.append(target)
+            size_um = float(a["tile_size0"]) * mpp0
+            root = {"unit": "um", "tile_size_um": size_um, "tile_size_px": int(a["tile_px"]),
+                    "extractor": str(enc), "feat_type": "tile", "wsimm_slide_id": sid}  # fmt: skip
+            data = {"feats": feats, "coords": (coords * mpp0).astype(np.float32)}
+            written.append(_write_h5(out_dir / f"{sid}.h5", data, {}, root))
     return written
+
+
+def _tag_encoder(path: Path, enc: str) -> None:
+    with _h5py().File(path, "a") as f:
+        f["features"].attrs["encoder"] = enc
+
+
+def _write_pt(target: Path, feats: np.ndarray) -> Path:
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - environment dependent
+        raise MissingDependencyError("torch", extra="torch", feature="--layout clam") from e
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".partial")
+    torch.save(torch.from_numpy(np.ascontiguousarray(feats)), tmp)
+    os.replace(tmp, target)
+    return target
 
 
 def import_h5(
@@ -84,11 +191,17 @@ def import_h5(
     *,
     encoder: str,
     overwrite: bool = False,
+    slides_dir: str | os.PathLike[str] | None = None,
 ) -> list[str]:
-    """Bring CLAM/TRIDENT h5 files (``coords`` + ``features``; ``directory`` is a folder of
-    them or one file) into a store as complete slides with features under ``encoder``, with
-    the tile geometry :func:`h5_geometry` recovers; returns the slide ids written. Files
-    without tiles are skipped with a warning."""
+    """Bring h5 feature files into a store as complete slides with features under ``encoder``
+    (``directory`` is a folder of them or one file); returns the slide ids written.
+
+    Read: CLAM / TRIDENT / wsimm files (``coords`` + ``features``, level-0 pixel corners, the
+    geometry from :func:`h5_geometry`) and STAMP files (``feats`` + ``coords`` in µm, or
+    STAMP 1's 256 µm / 224 px units). ``slides_dir``: where the slide files are (matched by
+    file name without extension): an imported slide found there is attached (heatmaps and
+    views draw on it) and gives the µm/px and size the h5 file lacks; STAMP files need it to
+    turn µm into pixels. Files without tiles are skipped with a warning."""
     from wsimm.store._store import open_store, sanitize_slide_id
 
     h5py = _h5py()
@@ -98,6 +211,7 @@ def import_h5(
         raise ConfigError(
             f"{directory}: no .h5 files to import (give a folder of them or one file)"
         )
+    slide_files = _slide_files(slides_dir)
     fs = open_store(store, "a")
     done = []
     with fs.lock():
@@ -109,11 +223,18 @@ def import_h5(
                 )
             try:
                 with h5py.File(p, "r") as f:
-                    if "coords" not in f or "features" not in f:
-                        raise StoreError(f"{p}: needs 'coords' and 'features' datasets")
-                    coords = np.asarray(f["coords"][:], np.int64)
-                    feats = np.asarray(f["features"][:])
+                    key = "features" if "features" in f else "feats" if "feats" in f else None
+                    if "coords" not in f or key is None:
+                        raise StoreError(
+                            f"{p}: needs a 'coords' dataset and 'features' (CLAM, TRIDENT) or "
+                            "'feats' (STAMP)"
+                        )
+                    coords = np.asarray(f["coords"][:], np.float64)
+                    feats = np.asarray(f[key][:])
                     cattrs = {k: _plain(v) for k, v in f["coords"].attrs.items()}
+                    rattrs = {k: _plain(v) for k, v in f.attrs.items()}
+            except StoreError:
+                raise
             except OSError as e:
                 raise StoreError(f"{p}: not a readable h5 file ({e})") from e
             if feats.ndim == 3 and feats.shape[0] == 1:  # some tools keep a batch axis
@@ -125,6 +246,16 @@ def import_h5(
                 raise StoreError(
                     f"{p}: coords {coords.shape} and features {feats.shape} do not match"
                 )
+            slide = slide_files.get(p.stem) or slide_files.get(sid)
+            info = _slide_info(slide) if slide else {}
+            if key == "feats":  # STAMP: micrometres
+                coords, cattrs = _stamp_to_pixels(p, coords, rattrs, info)
+            coords = np.round(coords).astype(np.int64)
+            for k in ("level0_width", "level0_height"):
+                if k in info and not cattrs.get(k):
+                    cattrs[k] = info[k]
+            if info.get("level0_mpp") and not cattrs.get("level0_mpp"):
+                cattrs["level0_mpp"] = info["level0_mpp"]
             geom = h5_geometry(coords, cattrs)
             fs.begin_slide(
                 sid,
@@ -134,7 +265,13 @@ def import_h5(
                 # every tile (a zero mask made them transparent)
                 tissue_mask=np.ones((1, 1), np.uint8),
                 mask_downsample=float(max(geom["level0_dims"])),
-                attrs={"source": str(p), "imported_from": "h5", "h5_attrs": cattrs, **geom},
+                attrs={
+                    "source": str(slide or p),
+                    "h5_file": str(p),
+                    "imported_from": "h5",
+                    "h5_attrs": {**rattrs, **cattrs},
+                    **geom,
+                },
             )
             fs.begin_features(
                 sid, encoder, n=len(feats), dim=feats.shape[1], attrs={"encoder": encoder}
@@ -144,6 +281,46 @@ def import_h5(
             fs.finish_slide(sid)
             done.append(sid)
     return done
+
+
+def _slide_files(slides_dir: str | os.PathLike[str] | None) -> dict[str, str]:
+    """Slide files in ``slides_dir`` by file name without extension."""
+    if slides_dir is None:
+        return {}
+    from wsimm.slide import find_slides
+
+    return {Path(s).stem: s for s in find_slides([slides_dir])}
+
+
+def _slide_info(path: str) -> dict:
+    from wsimm.slide import open_slide
+
+    with open_slide(path) as s:
+        w, h = s.dimensions
+        return {"level0_width": int(w), "level0_height": int(h), "level0_mpp": s.mpp or 0.0}
+
+
+def _stamp_to_pixels(
+    p: Path, coords_um: np.ndarray, rattrs: dict, info: dict
+) -> tuple[np.ndarray, dict]:
+    """STAMP coordinates (µm; STAMP 1: 256 µm per 224 px) as level-0 pixels, with CLAM /
+    TRIDENT-style attributes for :func:`h5_geometry`."""
+    size_um = rattrs.get("tile_size_um") or (
+        rattrs.get("tile_size") if rattrs.get("unit") == "um" else None
+    )
+    size_px = rattrs.get("tile_size_px")
+    if not size_um:  # STAMP 1: a 224 px grid standing for 256 µm tiles
+        coords_um = coords_um / 224.0 * 256.0
+        size_um, size_px = 256.0, size_px or 224
+    mpp0 = float(info.get("level0_mpp") or 0.0)
+    if not mpp0:
+        raise StoreError(
+            f"{p}: STAMP files give tile positions in µm; pass --slides-dir with the slide "
+            f"{p.stem}.* (its µm/px turns them into pixels)"
+        )
+    size0 = float(size_um) / mpp0
+    px = int(size_px) if size_px else round(size0)
+    return coords_um / mpp0, {"patch_size": px, "patch_size_level0": size0, "level0_mpp": mpp0}
 
 
 def h5_geometry(coords: np.ndarray, attrs: dict) -> dict:
