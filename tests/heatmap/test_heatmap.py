@@ -131,6 +131,9 @@ def test_geojson_is_a_qupath_feature_collection_on_the_tiles(tumour_run):
     assert len(ids) == len(feats)
     assert len(classes["wsimm top"]) == 5 and len(classes["wsimm bottom"]) == 5
     assert min(classes["wsimm top"]) > max(classes["wsimm bottom"])
+    # QuPath's convention for percentiles: 0-100
+    pcts = [f["properties"]["measurements"]["attention percentile"] for f in feats]
+    assert max(pcts) == pytest.approx(100.0) and min(pcts) > 0
 
 
 def test_overlay_tiff_opens_in_openslide_and_tiffslide(tumour_run):

@@ -51,7 +51,10 @@ def test_tile_view_runs_through_scanpy_and_keeps_the_store_coordinates(tiled):
     adata = to_anndata(fs, sid, run=d / "run")
     n = len(fs.coords(sid))
     assert adata.shape == (n, 16)
-    assert np.array_equal(adata.obsm["spatial"], fs.coords(sid))
+    # spots on tile centres (scverse / Visium), corners in obs
+    half = fs.slide_attrs(sid)["tile_size0"] / 2
+    assert np.allclose(adata.obsm["spatial"], fs.coords(sid) + half)
+    assert np.array_equal(adata.obs[["x", "y"]].to_numpy(), fs.coords(sid))
     assert np.allclose(adata.X, fs.features(sid, "test_tiny").astype(np.float32))
     assert {"tissue_fraction", "attention", "attention_percentile"} <= set(adata.obs.columns)
     assert adata.obs["attention"].sum() == pytest.approx(1.0, abs=1e-4)
@@ -65,13 +68,14 @@ def test_tile_view_runs_through_scanpy_and_keeps_the_store_coordinates(tiled):
     sc.tl.leiden(adata, flavor="igraph", n_iterations=2, resolution=0.5)
     sc.tl.umap(adata)
     assert adata.obsm["X_umap"].shape == (n, 2) and adata.obs["leiden"].nunique() >= 2
-    # the plotted points are the store's tiles scaled onto the image
+    # the plotted spots are the store's tile centres scaled onto the image
     ax = sc.pl.spatial(adata, color="leiden", library_id=sid, show=False, spot_size=64)[0]
     spots = [col for col in ax.collections if len(col.get_paths()) == n]
     assert len(spots) == 1
     circles = spots[0].get_paths()
     centres = np.array([(c.vertices.min(0) + c.vertices.max(0)) / 2 for c in circles])
-    assert np.allclose(np.sort(centres, 0), np.sort(fs.coords(sid) * scale, 0), atol=0.5)
+    want = (fs.coords(sid) + half) * scale
+    assert np.allclose(np.sort(centres, 0), np.sort(want, 0), atol=0.5)
 
 
 def test_tile_view_without_the_slide_file_warns_and_leaves_the_image_out(tiled, tmp_path):

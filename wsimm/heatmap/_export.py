@@ -254,7 +254,7 @@ def write_geojson(ts: TileScores, path: Path, *, primary: str, top_k: int = 10) 
     """QuPath GeoJSON: a FeatureCollection of tile detections, written one feature at a time.
 
     Each tile is a level-0 ``Polygon`` with ``objectType: "detection"``, every score and its
-    within-slide percentile in ``measurements``, and the ``top_k`` highest / lowest tiles of
+    within-slide percentile (0-100) in ``measurements``, and the ``top_k`` highest / lowest tiles of
     ``primary`` classified ``wsimm top`` / ``wsimm bottom``.
     """
     n = len(ts)
@@ -273,7 +273,7 @@ def write_geojson(ts: TileScores, path: Path, *, primary: str, top_k: int = 10) 
             meas: dict[str, float] = {}
             for name, v in ts.scores.items():
                 meas[name] = float(v[i])
-                meas[f"{name} percentile"] = float(pct[name][i])
+                meas[f"{name} percentile"] = 100.0 * float(pct[name][i])  # QuPath: 0-100
             props: dict[str, Any] = {
                 "objectType": "detection",
                 "name": f"tile {i}",

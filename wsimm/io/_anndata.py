@@ -2,7 +2,8 @@
 
 - :func:`to_anndata`: one row per tile of a slide. ``X`` = the tile embeddings, ``obs`` = tile
   QC (and attention / risk contribution when a run is given), ``obsm["spatial"]`` = level-0
-  top-left coordinates (the store's ``coords``), ``uns["spatial"][slide_id]`` = a slide image
+  tile centres (the store's top-left ``coords`` plus half a tile, where scverse and Visium put
+  spots; the corners are ``obs["x"]``, ``obs["y"]``), ``uns["spatial"][slide_id]`` = a slide image
   and scale factors in the layout ``scanpy.pl.spatial`` and squidpy read.
 - :func:`slides_to_anndata`: one row per slide, the mean tile embedding (or a run's MIL slide
   embedding).
@@ -136,8 +137,9 @@ def to_anndata(
             obs[f"{k}_percentile"] = ts.percentile(k)
     var = pd.DataFrame(index=[f"{enc}_{j}" for j in range(x.shape[1])])
     adata = ad.AnnData(X=x, obs=obs, var=var)
-    adata.obsm["spatial"] = coords.astype(np.float64)
     size0 = float(a.get("tile_size0", a.get("tile_px", 1)))
+    # spot centres, as scverse / Visium place spots (corners stay in obs x, y)
+    adata.obsm["spatial"] = coords.astype(np.float64) + size0 / 2
     lib: dict[str, Any] = {
         "scalefactors": {"spot_diameter_fullres": size0, "tissue_hires_scalef": 1.0},
         "metadata": {
@@ -146,7 +148,7 @@ def to_anndata(
             "target_mpp": float(a.get("target_mpp", np.nan)),
             "tile_px": int(a.get("tile_px", 0)),
             "encoder": enc,
-            "coordinates": "level-0 top-left pixel of each tile",
+            "coordinates": "level-0 pixel centre of each tile (top-left corners: obs x, y)",
         },
     }
     if image:
