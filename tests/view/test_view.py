@@ -216,6 +216,21 @@ def test_bad_requests_get_4xx(server, demo, method, path, status):
     assert "error" in json.loads(body)
 
 
+def test_requests_for_another_host_name_are_refused(server):
+    """DNS rebinding: a page elsewhere points the browser at this port under its own name."""
+    host, port = server.httpd.server_address[:2]
+    for name, status in [("evil.example", 403), (f"evil.example:{port}", 403),
+                         (f"localhost:{port}", 200), (f"127.0.0.1:{port}", 200)]:  # fmt: skip
+        c = http.client.HTTPConnection(host, port, timeout=60)
+        c.putrequest("GET", "/api/run", skip_host=True)
+        c.putheader("Host", name)
+        c.endheaders()
+        r = c.getresponse()
+        body = r.read()
+        c.close()
+        assert r.status == status, (name, body[:100])
+
+
 def test_refuses_to_bind_beyond_localhost(demo):
     with pytest.raises(ConfigError, match="--allow-remote"):
         serve(demo / "run", demo / "features.zarr", host="0.0.0.0", port=0)

@@ -391,7 +391,15 @@ class ViewerApp:
 # -- HTTP ---------------------------------------------------------------------------------------
 
 
-def _handler(app: ViewerApp, log: bool) -> type[BaseHTTPRequestHandler]:
+class Forbidden(WsimmError):
+    """A request the viewer refuses to answer (HTTP 403)."""
+
+
+def _handler(app: ViewerApp, log: bool, hosts: set[str] | None) -> type[BaseHTTPRequestHandler]:
+    """The request handler; ``hosts``: the ``Host`` names answered (``None``: any). A page
+    elsewhere that points a browser's requests at this port through a name it controls (DNS
+    rebinding) sends its own name and is refused."""
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "wsimm-view"
         protocol_version = "HTTP/1.1"
@@ -424,7 +432,10 @@ def _handler(app: ViewerApp, log: bool) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             try:
+                self._check_host()
                 status, body, ctype, cache = self._route()
+            except Forbidden as e:
+                return self._error(HTTPStatus.FORBIDDEN, str(e))
             except (NotFound, DataError) as e:
                 return self._error(HTTPStatus.NOT_FOUND, str(e))
             except (BadRequest, ConfigError) as e:
@@ -433,6 +444,17 @@ def _handler(app: ViewerApp, log: bool) -> type[BaseHTTPRequestHandler]:
                 self.log_error("%s", repr(e))
                 return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}")
             self._send(status, body, ctype, cache)
+
+        def _check_host(self) -> None:
+            if hosts is None:
+                return
+            name = (self.headers.get("Host") or "").strip().lower()
+            if name.startswith("["):  # [::1]:port
+                name = name[: name.find("]") + 1]
+            else:
+                name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+            if name not in hosts:
+                raise Forbidden(f"Host {name[:60]!r} is not this viewer's address")
 
         def _route(self) -> tuple[int, bytes, str, bool]:
             raw = urlsplit(self.path).path
@@ -550,8 +572,9 @@ def serve(
     cls = ThreadingHTTPServer
     if ":" in host:
         cls = type("V6Server", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+    hosts = None if allow_remote else {"localhost", "127.0.0.1", "[::1]", host.lower()}
     try:
-        httpd = cls((host, int(port)), _handler(app, log))
+        httpd = cls((host, int(port)), _handler(app, log, hosts))
     except OSError as e:
         app.close()
         raise ConfigError(
