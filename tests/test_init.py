@@ -52,3 +52,35 @@ def test_errors_mix_with_builtins():
         if name != "WsimmWarning":
             assert issubclass(getattr(errors, name), errors.WsimmError)
     assert issubclass(errors.WsimmWarning, UserWarning)
+
+
+def test_no_import_cycles_between_modules():
+    """Stages import downward only: no two wsimm modules import each other, lazily inside a
+    function or not (``from pkg import submodule`` counts as importing the submodule; a
+    package's ``__init__`` re-exporting its own modules does not count)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(wsimm.__file__).parent
+    mods = {}
+    for p in root.rglob("*.py"):
+        parts = p.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        mods[name] = p
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, p in mods.items():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                subs = {f"{node.module}.{a.name}" for a in node.names} & set(mods)
+                graph[m] |= subs or ({node.module} & set(mods))
+            elif isinstance(node, ast.Import):
+                graph[m] |= {a.name for a in node.names} & set(mods)
+    cycles = sorted(
+        (a, b)
+        for a in graph
+        for b in graph[a]
+        if a < b and a in graph[b]
+        and not (mods[a].name == "__init__" and b.startswith(a + "."))
+        and not (mods[b].name == "__init__" and a.startswith(b + "."))
+    )  # fmt: skip
+    assert not cycles, f"modules importing each other: {cycles}"

@@ -91,6 +91,22 @@ def register_encoder(name: str) -> Callable[[Callable[..., Encoder]], Callable[.
     return deco
 
 
+#: name prefix -> factory ``fn(name, *, weights, device)`` for families of encoders named by
+#: prefix (``timm:<model>``, registered by wsimm.encoders._torch), so this module imports no
+#: backend
+_PREFIXES: dict[str, Callable[..., Encoder]] = {}
+
+
+def register_prefix(prefix: str) -> Callable[[Callable[..., Encoder]], Callable[..., Encoder]]:
+    """Decorator registering a factory for every encoder name that starts with ``prefix``."""
+
+    def deco(fn: Callable[..., Encoder]) -> Callable[..., Encoder]:
+        _PREFIXES[prefix] = fn
+        return fn
+
+    return deco
+
+
 def list_encoders() -> list[str]:
     """Registered encoder names (sorted)."""
     return sorted(_REGISTRY)
@@ -99,10 +115,10 @@ def list_encoders() -> list[str]:
 def create_encoder(name: str, *, weights: str | None = None, device: str = "auto") -> Encoder:
     """Create an encoder by registry name, or ``timm:<model>`` for any timm model; unknown
     names list the close matches."""
-    if name.startswith("timm:") and name not in _REGISTRY:
-        from wsimm.encoders._torch import create_timm_encoder, timm_spec
-
-        return create_timm_encoder(name, timm_spec(name[5:]), weights=weights, device=device)
+    if name not in _REGISTRY:
+        for prefix, factory in _PREFIXES.items():
+            if name.startswith(prefix):
+                return factory(name, weights=weights, device=device)
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
         hint = f"; did you mean {', '.join(close)}?" if close else ""

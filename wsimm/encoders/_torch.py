@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from wsimm.encoders._registry import EncoderCfg, register_encoder
+from wsimm.encoders._registry import EncoderCfg, register_encoder, register_prefix
 from wsimm.errors import ConfigError, MissingDependencyError
 
 __all__ = ["SPECS", "ModelSpec", "TorchEncoder", "build_model", "create_timm_encoder"]
@@ -478,3 +478,10 @@ def _register_builtins() -> None:
 
 
 _register_builtins()
+
+
+@register_prefix("timm:")
+def _any_timm(name: str, *, weights: str | None = None, device: str = "auto") -> TorchEncoder:
+    """``timm:<model>``: any timm model, its normalisation from timm's pretrained config."""
+    return create_timm_encoder(name, timm_spec(name[len("timm:") :]), weights=weights,
+                               device=device)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from abc import ABC, abstractmethod
@@ -389,7 +390,9 @@ class Slide(ABC):
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, (self.path, self.backend, self._mpp_override))
+        # the same backend class on the same (already resolved) path: this module needs no
+        # import of the opener, which imports it
+        return (functools.partial(type(self), self.path, mpp=self._mpp_override), ())
 
     def __repr__(self) -> str:
         try:
@@ -398,9 +401,3 @@ class Slide(ABC):
             return f"<{type(self).__name__} {self.path!r} (not open)>"
         mpp = f"{self.mpp:.4g}" if self.mpp else "?"
         return f"<{type(self).__name__} {os.path.basename(self.path)!r} {w}x{h} mpp={mpp}>"
-
-
-def _reopen(path: str, backend: str, mpp: float | None) -> Slide:
-    from wsimm.slide._open import open_slide
-
-    return open_slide(path, backend=backend, mpp=mpp)
