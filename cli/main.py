@@ -52,13 +52,31 @@ Backend = Annotated[
 
 # options shared by the commands that run encoders over a cohort (tile, embed)
 Weights = Annotated[
-    str | None, typer.Option("--weights", help="Weights file, hf-hub:ORG/NAME, or random.")
+    str | None,
+    typer.Option(
+        "--weights",
+        help="Weights file, hf-hub:ORG/NAME, or random.",
+        show_default="the encoder's published weights (hub or local cache)",
+    ),
 ]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1)]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-Workers = Annotated[int | None, typer.Option("--workers", min=1, help="Local worker threads.")]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Local worker threads.",
+        show_default="one per core; one with a model encoder on the CPU",
+    ),
+]
 Scheduler = Annotated[
-    str | None, typer.Option("--scheduler", help="Existing Dask scheduler tcp://HOST:PORT.")
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Existing Dask scheduler tcp://HOST:PORT.",
+        show_default="a local cluster in this process",
+    ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 
