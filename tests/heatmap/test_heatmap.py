@@ -168,6 +168,37 @@ def test_overlay_tiff_opens_in_openslide_and_tiffslide(tumour_run):
         o.close()
 
 
+def test_overlay_tiff_spans_the_slide_extent_exactly(tmp_path):
+    """Level 0 of the overlay covers the slide's extent to the pixel on each axis (QuPath
+    stretches an overlay over the slide), and a small pyramid is a classic TIFF."""
+    import tifffile
+
+    from wsimm.heatmap import write_overlay_tiff
+
+    w0, h0 = 1000, 700  # not multiples of the downsample
+    field = ScoreField(np.array([[900, 0], [0, 600]]), 100.0, np.array([1.0, 0.5]))
+    sizes = write_overlay_tiff(field, tmp_path / "o.tiff", dims=(w0, h0), mpp=0.5,
+                               downsample=16)  # fmt: skip
+    assert sizes[0] == (63, 44)
+    with open(tmp_path / "o.tiff", "rb") as f:
+        assert f.read(4) == b"II*\x00"  # classic TIFF, not BigTIFF
+    with tifffile.TiffFile(tmp_path / "o.tiff") as tf:
+        page = tf.pages[0]
+        img = page.asarray()
+        xres, yres = page.tags["XResolution"].value, page.tags["YResolution"].value
+    sx, sy = w0 / 63, h0 / 44
+    # µm/px per axis: the image's physical size is the slide's
+    assert 63 * 1e4 / (xres[0] / xres[1]) == pytest.approx(w0 * 0.5)
+    assert 44 * 1e4 / (yres[0] / yres[1]) == pytest.approx(h0 * 0.5)
+    # the right-edge tile [900, 1000) x [0, 100): exactly the pixels whose centres fall in it
+    cols = [j for j in range(63) if 900 <= (j + 0.5) * sx < 1000]
+    rows = [i for i in range(44) if (i + 0.5) * sy < 100]
+    opaque = np.argwhere(img[..., 3] > 0)
+    top = opaque[opaque[:, 0] < 20]
+    assert set(top[:, 1]) == set(cols) and set(top[:, 0]) == set(rows)
+    assert cols[-1] == 62  # the last column belongs to the slide's last 100 px
+
+
 def test_png_and_gallery(tumour_run):
     from PIL import Image
 

@@ -71,28 +71,32 @@ class ScoreField:
         self.tissue = tissue
         self.tissue_ds = float(tissue_downsample)
 
-    def region(self, x0: float, y0: float, w: int, h: int, ds: float) -> np.ndarray:
+    def region(
+        self, x0: float, y0: float, w: int, h: int, ds: float | tuple[float, float]
+    ) -> np.ndarray:
         """``(h, w)`` float32 scores of the output pixels whose centres are
-        ``x0 + (j + 0.5) * ds, y0 + (i + 0.5) * ds`` in level-0 pixels."""
+        ``x0 + (j + 0.5) * dsx, y0 + (i + 0.5) * dsy`` in level-0 pixels (``ds`` is one
+        downsample or ``(dsx, dsy)``)."""
+        dsx, dsy = (float(ds), float(ds)) if np.isscalar(ds) else (float(ds[0]), float(ds[1]))  # type: ignore[index]
         s = self.size0
         lo = int(np.searchsorted(self.y, y0 - s, side="right"))
-        hi = int(np.searchsorted(self.y, y0 + h * ds, side="left"))
+        hi = int(np.searchsorted(self.y, y0 + h * dsy, side="left"))
         band = np.arange(lo, hi)
         bx = self.x[lo:hi]
-        sel = band[(bx < x0 + w * ds) & (bx + s > x0) & (self.y[lo:hi] + s > y0)]
+        sel = band[(bx < x0 + w * dsx) & (bx + s > x0) & (self.y[lo:hi] + s > y0)]
         num = np.zeros((h, w), np.float64)
         cnt = np.zeros((h, w), np.float32)
         if len(sel):
             # pixel j is covered by a tile when tx <= x0 + (j + .5) ds < tx + s
-            jx0 = np.ceil((self.x[sel] - x0) / ds - 0.5).astype(np.int64)
-            jx1 = np.ceil((self.x[sel] + s - x0) / ds - 0.5).astype(np.int64)
-            iy0 = np.ceil((self.y[sel] - y0) / ds - 0.5).astype(np.int64)
-            iy1 = np.ceil((self.y[sel] + s - y0) / ds - 0.5).astype(np.int64)
+            jx0 = np.ceil((self.x[sel] - x0) / dsx - 0.5).astype(np.int64)
+            jx1 = np.ceil((self.x[sel] + s - x0) / dsx - 0.5).astype(np.int64)
+            iy0 = np.ceil((self.y[sel] - y0) / dsy - 0.5).astype(np.int64)
+            iy1 = np.ceil((self.y[sel] + s - y0) / dsy - 0.5).astype(np.int64)
             # a tile smaller than a pixel lands on the pixel under its centre
             tiny_x, tiny_y = jx1 <= jx0, iy1 <= iy0
-            jx0 = np.where(tiny_x, np.floor((self.x[sel] + s / 2 - x0) / ds), jx0).astype(np.int64)
+            jx0 = np.where(tiny_x, np.floor((self.x[sel] + s / 2 - x0) / dsx), jx0).astype(np.int64)
             jx1 = np.where(tiny_x, jx0 + 1, jx1)
-            iy0 = np.where(tiny_y, np.floor((self.y[sel] + s / 2 - y0) / ds), iy0).astype(np.int64)
+            iy0 = np.where(tiny_y, np.floor((self.y[sel] + s / 2 - y0) / dsy), iy0).astype(np.int64)
             iy1 = np.where(tiny_y, iy0 + 1, iy1)
             jx0, jx1 = np.clip(jx0, 0, w), np.clip(jx1, 0, w)
             iy0, iy1 = np.clip(iy0, 0, h), np.clip(iy1, 0, h)
@@ -111,8 +115,8 @@ class ScoreField:
         out[has] = (num[has] / cnt[has]).astype(np.float32)
         if self.tissue is not None and has.any():
             mh, mw = self.tissue.shape
-            cx = ((x0 + (np.arange(w) + 0.5) * ds) / self.tissue_ds).astype(np.int64)
-            cy = ((y0 + (np.arange(h) + 0.5) * ds) / self.tissue_ds).astype(np.int64)
+            cx = ((x0 + (np.arange(w) + 0.5) * dsx) / self.tissue_ds).astype(np.int64)
+            cy = ((y0 + (np.arange(h) + 0.5) * dsy) / self.tissue_ds).astype(np.int64)
             inside = self.tissue[np.clip(cy, 0, mh - 1)][:, np.clip(cx, 0, mw - 1)]
             inside &= (cy[:, None] < mh) & (cx[None, :] < mw)
             out[~inside] = np.nan
@@ -152,11 +156,11 @@ def colorize(
 
 
 def _level_tiles(
-    field: ScoreField, ds: float, w: int, h: int, tile: int, colour: dict[str, Any]
+    field: ScoreField, ds: tuple[float, float], w: int, h: int, tile: int, colour: dict[str, Any]
 ) -> Iterator[np.ndarray]:
     for ty in range(0, h, tile):
         for tx in range(0, w, tile):
-            yield colorize(field.region(tx * ds, ty * ds, tile, tile, ds), **colour)
+            yield colorize(field.region(tx * ds[0], ty * ds[1], tile, tile, ds), **colour)
 
 
 def write_overlay_tiff(
@@ -175,11 +179,14 @@ def write_overlay_tiff(
 ) -> list[tuple[int, int]]:
     """A tiled pyramidal RGBA TIFF of the heatmap over the slide's full extent.
 
-    Level 0 of the TIFF is the slide at ``downsample`` (µm/px ``mpp * downsample`` in the
-    resolution tags), further levels shrink by 4 until one tile holds the image; NaN (no
-    tissue score) is transparent. Every output tile is rendered on its own. Written to a
-    temporary name and renamed, so a failure leaves no partial file. Returns the level
-    sizes ``(w, h)``.
+    Level 0 of the TIFF is the slide at about ``downsample``: ``ceil(w0 / downsample)`` x
+    ``ceil(h0 / downsample)`` pixels that span the slide's extent exactly (each axis has its
+    own scale, ``w0 / w`` and ``h0 / h``, written in the resolution tags), so a viewer that
+    stretches an overlay over the slide (QuPath) lines it up to the level-0 pixel; further
+    levels shrink by 4 until one tile holds the image; NaN (no tissue score) is transparent.
+    Classic TIFF when the pyramid fits in 2 GiB uncompressed, BigTIFF otherwise. Every output
+    tile is rendered on its own. Written to a temporary name and renamed, so a failure leaves
+    no partial file. Returns the level sizes ``(w, h)``.
     """
     import tifffile
 
@@ -191,20 +198,21 @@ def write_overlay_tiff(
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
     sizes = []
+    shapes = [(math.ceil(w0 / ds), math.ceil(h0 / ds)) for ds in levels]
+    big = sum(w * h * 4 for w, h in shapes) > 2**31
     try:
-        with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
-            for i, ds in enumerate(levels):
-                lw, lh = math.ceil(w0 / ds), math.ceil(h0 / ds)
-                um = mpp * ds
+        with tifffile.TiffWriter(tmp, bigtiff=big) as tw:
+            for i, (lw, lh) in enumerate(shapes):
+                sx, sy = w0 / lw, h0 / lh  # level-0 px per pixel: the slide's extent exactly
                 tw.write(
-                    _level_tiles(field, ds, lw, lh, tile, colour),
+                    _level_tiles(field, (sx, sy), lw, lh, tile, colour),
                     shape=(lh, lw, 4),
                     dtype=np.uint8,
                     tile=(tile, tile),
                     photometric="rgb",
                     extrasamples=("unassalpha",),
                     compression="zlib",
-                    resolution=(1e4 / um, 1e4 / um),
+                    resolution=(1e4 / (mpp * sx), 1e4 / (mpp * sy)),
                     resolutionunit="CENTIMETER",
                     subfiletype=0 if i == 0 else 1,
                     description=description if i == 0 else None,
