@@ -236,19 +236,26 @@ def test_refuses_to_bind_beyond_localhost(demo):
         serve(demo / "run", demo / "features.zarr", host="0.0.0.0", port=0)
 
 
-def test_survival_run_without_slide_files_shows_heatmap_and_km(tmp_path):
-    """Feature bags with no slide file (as import-h5 makes): the heatmap without the image."""
+@pytest.fixture(scope="module")
+def survival(tmp_path_factory):
+    """Feature bags with no slide file (as import-h5 makes) and a survival run on them."""
     from wsimm.testing import bags_to_store, make_mil_cohort
     from wsimm.train import train
 
+    d = tmp_path_factory.mktemp("view_surv")
     c = make_mil_cohort(30, task="survival", seed=5, feature_dim=16, tiles_per_slide=(20, 40))
-    bags_to_store(c.bags, tmp_path / "s.zarr", encoder="synthetic")
-    c.labels.to_csv(tmp_path / "labels.csv", index=False)
-    res = train(store=str(tmp_path / "s.zarr"), labels=str(tmp_path / "labels.csv"),
-                task="survival", out=str(tmp_path / "surv"), model="abmil", folds=3, epochs=3,
-                quiet=True, seed=0)  # fmt: skip
+    bags_to_store(c.bags, d / "s.zarr", encoder="synthetic")
+    c.labels.to_csv(d / "labels.csv", index=False)
+    res = train(store=str(d / "s.zarr"), labels=str(d / "labels.csv"), task="survival",
+                out=str(d / "surv"), model="abmil", folds=3, epochs=3, quiet=True,
+                seed=0)  # fmt: skip
     assert not res.failed
-    with serve(tmp_path / "surv", tmp_path / "s.zarr", port=0) as srv:
+    return d, res
+
+
+def test_survival_run_without_slide_files_shows_heatmap_and_km(survival):
+    d, res = survival
+    with serve(d / "surv", d / "s.zarr", port=0) as srv:
         srv.start()
         run = json.loads(_get(srv.url + "api/run")[1])
         assert run["task"] == "survival"
@@ -266,6 +273,38 @@ def test_survival_run_without_slide_files_shows_heatmap_and_km(tmp_path):
         top = info["dz"]["max_level"]
         assert _get(srv.url + f"tiles/{sid}/{top}/0_0.jpeg")[0] == 404
         assert _get(srv.url + f"overlay/{sid}/contribution/{top - 2}/0_0.png")[0] == 200
+
+
+def test_survival_page_in_headless_chromium(survival, tmp_path):
+    """The KM panel draws both risk groups; a slide without its file shows its heatmap on a
+    grey ground with a note."""
+    d, res = survival
+    shots = Path(os.environ.get("WSIMM_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with serve(d / "surv", d / "s.zarr", port=0) as srv:
+        srv.start()
+        br = _browser()
+        try:
+            br.get(srv.url)
+            _idle(br)
+            st = br.execute_script("return window.wsimmViewer.state")
+            assert st["layer"] == "contribution" and st["error"] is None
+            assert br.execute_script("return document.getElementById('km-section').hidden") is False
+            msg = br.execute_script("return document.getElementById('message').textContent")
+            assert "slide image unavailable" in msg
+            px = np.asarray(br.execute_script(
+                "const c = document.getElementById('km');"
+                "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);"
+            ), np.int64).reshape(-1, 4)  # fmt: skip
+            red = (px[:, 0] > 180) & (px[:, 1] < 80) & (px[:, 2] < 110) & (px[:, 3] > 0)
+            blue = (px[:, 2] > 200) & (px[:, 0] < 80) & (px[:, 3] > 0)
+            groups = set(res.predictions["risk_group"])
+            assert red.sum() > 50 or "high" not in groups
+            assert blue.sum() > 50 or "low" not in groups
+            br.save_screenshot(str(shots / "view-survival.png"))
+            assert not [e for e in br.get_log("browser") if e["level"] == "SEVERE"]
+        finally:
+            br.quit()
 
 
 def test_store_only_view(demo):
