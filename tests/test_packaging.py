@@ -52,6 +52,10 @@ def test_wheel_installs_working_command(tmp_path: Path):
     tops = {n.split("/")[0] for n in names}
     assert "wsimm_cli" in tops and "wsimm" in tops
     assert "cli" not in tops and "tests" not in tops
+    # the viewer's page ships with the package (no files fetched at run time)
+    assert {f"wsimm/view/static/{n}" for n in ("index.html", "viewer.js", "viewer.css")} <= set(
+        names
+    )
     # install the wheel alone into a folder and run its command with this interpreter (its
     # dependencies are here): works the same from a virtual env, a conda env or a bare Python,
     # where a venv with system site packages would see the base interpreter's packages only
