@@ -119,7 +119,6 @@ def create_encoder(name: str, *, weights: str | None = None, device: str = "auto
         for prefix, factory in _PREFIXES.items():
             if name.startswith(prefix):
                 return factory(name, weights=weights, device=device)
-    if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(
