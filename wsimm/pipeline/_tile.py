@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import hashlib
 import os
-import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -408,7 +407,7 @@ def tile_slides(
     """
     from wsimm.slide import find_slides
     from wsimm.store import open_store
-    from wsimm.store._store import slide_id_from_path
+    from wsimm.store._store import discard_if_left_empty, slide_id_from_path
 
     t_start = time.perf_counter()
     spec = spec or TileSpec()
@@ -429,33 +428,15 @@ def tile_slides(
                 f"slides {ids[sid]} and {p} would share the slide id {sid!r}; rename one"
             )
         ids[sid] = p
-    created = not os.path.exists(os.fspath(store))
-    fs = open_store(store, "a")
-    try:
+    with discard_if_left_empty(store):  # every slide failed: no empty store left behind
+        fs = open_store(store, "a")
         report = _tile_into(fs, ids, spec, tissue, enc_name, weights, batch_size, device,
                             workers, scheduler, slide_mpp, qc_dir, overwrite, stain_norm,
                             quiet)  # fmt: skip
-    finally:
-        if created:
-            _discard_if_unused(os.fspath(store))
     report.seconds = time.perf_counter() - t_start
     order = {sid: i for i, sid in enumerate(ids)}
     report.results.sort(key=lambda r: order.get(r.slide_id, 0))
     return report
-
-
-def _discard_if_unused(path: str) -> None:
-    """Remove a store this call created when it holds no slide at all (every slide failed, or
-    the run stopped before one finished), unless another writer holds its lock: a failed
-    ``wsimm tile`` leaves no empty store for ``wsimm train`` to misread."""
-    from wsimm.store import open_store
-
-    try:
-        if os.path.exists(os.path.join(path, ".wsimm.lock")) or open_store(path).all_slide_ids():
-            return
-    except (OSError, WsimmError):
-        return
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _tile_into(fs, ids, spec, tissue, enc_name, weights, batch_size, device, workers,

@@ -202,6 +202,13 @@ def import_h5(
     file name without extension): an imported slide found there is attached (heatmaps and
     views draw on it) and gives the µm/px and size the h5 file lacks; STAMP files need it to
     turn µm into pixels. Files without tiles are skipped with a warning."""
+    from wsimm.store._store import discard_if_left_empty
+
+    with discard_if_left_empty(store):  # a file refused: no empty store left behind
+        return _import_files(directory, store, encoder, overwrite, slides_dir)
+
+
+def _import_files(directory, store, encoder, overwrite, slides_dir) -> list[str]:
     from wsimm.store._store import open_store, sanitize_slide_id
 
     h5py = _h5py()

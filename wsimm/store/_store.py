@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 
 from wsimm._version import __version__
-from wsimm.errors import ConfigError, StoreError, StoreFormatError, StoreLockedError
+from wsimm.errors import ConfigError, StoreError, StoreFormatError, StoreLockedError, WsimmError
 
 __all__ = [
     "ENCODING_TYPE",
     "ENCODING_VERSION",
     "FeatureStore",
     "chunk_rows",
+    "discard_if_left_empty",
     "open_store",
     "sanitize_slide_id",
 ]
@@ -303,6 +304,28 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextmanager
+def discard_if_left_empty(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Around work that may create the store at ``path``: if this call created it and, once
+    the work ends or fails, it holds no slide at all (not even a partial one) and no other
+    writer holds its lock, remove it, so a failed command leaves no empty store behind for
+    the next one to misread."""
+    import shutil
+
+    p = os.fspath(path)
+    created = not os.path.exists(p)
+    try:
+        yield
+    finally:
+        if created and os.path.isdir(p) and not os.path.exists(os.path.join(p, ".wsimm.lock")):
+            try:
+                unused = not open_store(p).all_slide_ids()
+            except (OSError, WsimmError):
+                unused = False
+            if unused:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def open_store(path: str | os.PathLike[str], mode: str = "r") -> FeatureStore:
