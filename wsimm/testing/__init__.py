@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from wsimm.testing._bags import MILCohort, bags_to_store, grid_coords, make_mil_cohort
 from wsimm.testing._cohort import Cohort, make_cohort
+from wsimm.testing._interaction import make_interaction_cohort
 from wsimm.testing._latent import make_latent_cohort
 from wsimm.testing._refs import patient_bags, reference_aucs
 from wsimm.testing._slide import SyntheticSlide, write_synthetic_slide
@@ -17,6 +18,7 @@ __all__ = [
     "bags_to_store",
     "grid_coords",
     "make_cohort",
+    "make_interaction_cohort",
     "make_latent_cohort",
     "make_mil_cohort",
     "patient_bags",

@@ -11,100 +11,15 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from wsimm.errors import ConfigError
+from wsimm.testing._outcome import Cohort, grades_from_risk, survival_times
 
 __all__ = ["Cohort", "make_cohort"]
-
-ASSAYS = ("rnaseq", "cnv", "mut")
-
-
-@dataclass
-class Cohort:
-    """A synthetic cohort.
-
-    Attributes
-    ----------
-    labels
-        One row per slide (``patient_id``, ``slide_id``, ``grade``, ``time``, ``event``); a
-        patient without slides has one row with an empty ``slide_id``. ``event = 1`` means the
-        event was observed.
-    patients
-        One row per patient with the ground truth: latent factors, ``risk``, ``grade``,
-        ``time``, ``event``, ``has_slide``, ``has_omics``.
-    clinical
-        ``patient_id``, ``age`` (numeric), ``sex`` and ``stage`` (categorical).
-    omics
-        Wide table, one row per patient with omics, columns ``<GENE>_<assay>``.
-    gene_groups
-        Group name -> gene names.
-    bags
-        Slide id -> ``(n_tiles, feature_dim)`` float16 features (``slides="bags"``).
-    tile_signal
-        Slide id -> boolean per tile, True where the tile carries the slide signal.
-    slide_paths
-        Slide id -> written slide file (``slides="files"``).
-    """
-
-    labels: pd.DataFrame
-    patients: pd.DataFrame
-    clinical: pd.DataFrame
-    omics: pd.DataFrame
-    gene_groups: dict[str, list[str]]
-    bags: dict[str, np.ndarray] = field(default_factory=dict)
-    tile_signal: dict[str, np.ndarray] = field(default_factory=dict)
-    slide_paths: dict[str, Path] = field(default_factory=dict)
-    seed: int = 0
-
-    def omics_anndata(self) -> Any:
-        """The omics as an AnnData (obs = patients, var = genes of one assay, one layer per
-        assay; ``X`` is the expression). Needs ``anndata``."""
-        try:
-            import anndata as ad
-        except ImportError as e:  # pragma: no cover - environment dependent
-            from wsimm.errors import MissingDependencyError
-
-            raise MissingDependencyError("anndata", extra="scanpy", feature="omics AnnData") from e
-        genes = sorted({c.rsplit("_", 1)[0] for c in self.omics.columns})
-        obs = pd.DataFrame(index=self.omics.index.astype(str))
-        obs.index.name = "patient_id"
-        layers = {a: self.omics[[f"{g}_{a}" for g in genes]].to_numpy(np.float32) for a in ASSAYS}
-        var = pd.DataFrame(index=genes)
-        var["group"] = [",".join(k for k, v in self.gene_groups.items() if g in v) for g in genes]
-        return ad.AnnData(X=layers["rnaseq"].copy(), obs=obs, var=var, layers=layers)
-
-    def save(self, directory: str | os.PathLike[str]) -> dict[str, Path]:
-        """Write the tables (``labels.csv``, ``clinical.csv``, ``omics.csv``,
-        ``gene_groups.csv``, ``truth.csv``, and ``omics.h5ad`` when anndata is installed);
-        return name -> path."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        out = {
-            "labels": d / "labels.csv",
-            "clinical": d / "clinical.csv",
-            "omics": d / "omics.csv",
-            "gene_groups": d / "gene_groups.csv",
-            "truth": d / "truth.csv",
-        }
-        self.labels.to_csv(out["labels"], index=False)
-        self.clinical.to_csv(out["clinical"], index=False)
-        self.omics.to_csv(out["omics"], index_label="patient_id")
-        rows = [(g, gene) for g, genes in self.gene_groups.items() for gene in genes]
-        pd.DataFrame(rows, columns=["group", "gene"]).to_csv(out["gene_groups"], index=False)
-        self.patients.to_csv(out["truth"], index=False)
-        try:
-            import anndata  # noqa: F401
-        except ImportError:
-            return out
-        out["omics_h5ad"] = d / "omics.h5ad"
-        self.omics_anndata().write_h5ad(out["omics_h5ad"])
-        return out
 
 
 def make_cohort(
@@ -129,6 +44,7 @@ def make_cohort(
     censoring: float = 0.4,
     slide_size: tuple[int, int] = (3072, 2304),
     slide_mpp: float = 0.5,
+    interaction: str | None = None,
 ) -> Cohort:
     """Make a deterministic synthetic cohort whose outcome signal is split across modalities.
 
@@ -156,7 +72,26 @@ def make_cohort(
         Missing and repeated modalities.
     censoring
         Target fraction of censored patients.
+    interaction
+        ``"types"`` or ``"manifold"``: instead, a cohort whose risk is an interaction of a
+        pathway and tile types (:func:`wsimm.testing.make_interaction_cohort`, given
+        ``n_patients``, ``seed``, ``n_grades``, ``feature_dim``, ``tiles_per_slide``,
+        ``censoring``, ``p_no_slide`` and ``p_no_omics``; slides as bags).
     """
+    if interaction is not None:
+        from wsimm.testing._interaction import make_interaction_cohort
+
+        return make_interaction_cohort(
+            n_patients,
+            family=interaction,
+            seed=seed,
+            n_grades=n_grades,
+            feature_dim=feature_dim,
+            tiles_per_slide=tiles_per_slide,
+            censoring=censoring,
+            p_no_slide=p_no_slide,
+            p_no_omics=p_no_omics,
+        )
     if n_patients < 4:
         raise ConfigError(f"make_cohort needs at least 4 patients, got {n_patients}")
     if slides not in ("bags", "files", None):
@@ -170,29 +105,8 @@ def make_cohort(
     w = np.asarray(weights, np.float64)
     risk = z @ w
 
-    # survival: exponential with hazard exp(risk); uniform censoring tuned to the target rate
-    base = 1.0 / 30.0  # months
-    t_event = rng.exponential(1.0 / (base * np.exp(risk)))
-    event = np.ones(n, bool)
-    if censoring > 0:
-        lo, hi = 1e-3, float(np.quantile(t_event, 0.999)) * 50
-        u = rng.uniform(size=n)
-        for _ in range(60):  # bisect the censoring horizon for the target rate
-            mid = (lo + hi) / 2
-            if np.mean(u * mid < t_event) > censoring:
-                lo = mid
-            else:
-                hi = mid
-        c = u * hi
-        event = t_event <= c
-        time = np.minimum(t_event, c)
-    else:
-        time = t_event
-    time = np.round(np.maximum(time, 0.05), 2)
-
-    noisy = risk + rng.normal(0, 0.3 * np.std(risk), n)
-    cuts = np.quantile(noisy, np.linspace(0, 1, n_grades + 1)[1:-1])
-    grade = np.searchsorted(cuts, noisy)
+    time, event = survival_times(rng, risk, censoring)
+    grade = grades_from_risk(rng, risk, n_grades)
 
     # clinical: age and stage carry z_clinical; sex is noise
     zc = z[:, 2]
