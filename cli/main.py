@@ -702,7 +702,8 @@ def heatmap(
         str | None,
         typer.Option(
             "--score",
-            help="attention, attention_<class>, contribution (default: attention of the "
+            help="attention, attention_<class>, contribution, coattention_<group>_<assay> "
+            "(fusion with coattention: where a gene group looks) (default: attention of the "
             "predicted class; risk contribution for survival).",
         ),
     ] = None,

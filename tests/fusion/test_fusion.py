@@ -68,6 +68,17 @@ def _net(mods, pre, fusion, slide_dim=16, n_outputs=3, **kw):
     return net
 
 
+def _all_patients(co, paths):
+    """The cohort's modalities, patients, slide ids, preprocessing fitted on everyone, and a
+    graph per patient."""
+    mods = _mods(co, paths)
+    pids = co.patients["patient_id"].tolist()
+    slide_ids = [s for p in pids for s in mods.slides.get(p, [])]
+    pre = Preprocessor.fit(mods, pids, group_pcs=4)
+    graphs = build_graphs(mods, pre, pids, slide_index={s: i for i, s in enumerate(slide_ids)})
+    return mods, pids, slide_ids, pre, graphs
+
+
 def _tiles(co, batch, slide_ids):
     sidx = batch["slide"].sidx
     parts = [torch.from_numpy(co.bags[slide_ids[i]].astype(np.float32)) for i in sidx]
@@ -141,19 +152,18 @@ def test_absent_modalities_have_no_nodes(cohort):
     assert g0["clinical"].num_nodes == 2
 
 
-@pytest.mark.parametrize("fusion", ["graph", "late", "concat", "kronecker"])
+@pytest.mark.parametrize("fusion", ["graph", "graph+coattention", "late", "concat", "kronecker"])
 def test_shapes_masking_and_gradient_flow(cohort, fusion):
     co, paths = cohort
-    mods = _mods(co, paths)
-    pids = co.patients["patient_id"].tolist()
-    slide_ids = [s for p in pids for s in mods.slides.get(p, [])]
-    pre = Preprocessor.fit(mods, pids, group_pcs=4)
-    graphs = build_graphs(mods, pre, pids, slide_index={s: i for i, s in enumerate(slide_ids)})
+    fusion, _, extra = fusion.partition("+")
+    kw = {"coattention": True, "contrastive": 0.5} if extra else {}
+    mods, pids, slide_ids, pre, graphs = _all_patients(co, paths)
     torch.manual_seed(0)
-    net = _net(mods, pre, fusion, hidden=16, heads=2, dropout=0.0)
+    net = _net(mods, pre, fusion, hidden=16, heads=2, dropout=0.0, **kw)
     b = Batch.from_data_list(graphs)
     out = net(b, _tiles(co, b, slide_ids))
     assert out.logits.shape == (len(pids), 3)
+    assert (out.coattn is not None) == bool(extra) and (out.align_loss is not None) == bool(extra)
     assert torch.isfinite(out.logits).all()
     if fusion == "graph":  # readout weights sum to one per patient with any node
         total = torch.zeros(len(pids))
@@ -161,7 +171,10 @@ def test_shapes_masking_and_gradient_flow(cohort, fusion):
             total.index_add_(0, b[t].batch, w)
         assert torch.allclose(total, torch.ones(len(pids)), atol=1e-5)
     # every modality encoder gets a gradient
-    out.logits.sum().backward()
+    (out.logits.sum() + (out.align_loss if extra else 0)).backward()
+    if extra:  # both directions of the co-attention and the alignment heads learn
+        for w in (net.co_q, net.co_k, net.co_out, net.back_v, net.back_out, net.align_slide):
+            assert w.weight.grad is not None and w.weight.grad.abs().sum() > 0
     enc = {
         "omics": net.kind_nets[0][0].weight,
         "clinical": net.var_emb.weight,
@@ -251,3 +264,73 @@ def test_wide_part_is_the_linear_model(cohort, task):
     else:
         p = torch.softmax(torch.as_tensor(logits), 1).numpy()
         np.testing.assert_allclose(p[has], want[has], atol=1e-4)
+
+
+def test_contrastive_alignment_pairs_a_patients_own_modalities(cohort):
+    """The InfoNCE loss is the cross-entropy of matching each patient's slide embedding to its
+    own omics embedding among the batch's patients with both; fewer than two: no loss; a few
+    steps on it alone align the pairs (the loss falls)."""
+    co, paths = cohort
+    mods, pids, slide_ids, pre, graphs = _all_patients(co, paths)
+    torch.manual_seed(0)
+    net = _net(mods, pre, "graph", hidden=16, heads=2, dropout=0.0, contrastive=1.0)
+    b = Batch.from_data_list(graphs)
+    tiles = _tiles(co, b, slide_ids)
+    net.train()  # the slide model's dropout draws: the same seed for the forward and by hand
+    torch.manual_seed(1)
+    out = net(b, tiles)
+    both = [
+        j
+        for j in range(len(pids))
+        if (b["slide"].batch == j).any() and (b["gene_group"].batch == j).any()
+    ]
+    assert len(both) >= 4 and out.align_loss is not None
+    # by hand: mean slide / gene-group node embeddings, projected, cosine / temperature
+    torch.manual_seed(1)
+    x, *_ = net._encode(b, tiles, {})
+
+    def mean(t, proj):
+        return torch.stack([proj(x[t][b[t].batch == j].mean(0)) for j in both])
+
+    zs = torch.nn.functional.normalize(mean("slide", net.align_slide), dim=1)
+    zo = torch.nn.functional.normalize(mean("gene_group", net.align_omics), dim=1)
+    sim = zs @ zo.T / 0.1
+    ce = torch.nn.functional.cross_entropy
+    y = torch.arange(len(both))
+    torch.testing.assert_close(out.align_loss, (ce(sim, y) + ce(sim.T, y)) / 2)
+    # omics kept for one patient only: nothing to contrast
+    keep = {"gene_group": b["gene_group"].batch == both[0]}
+    assert net(b, tiles, keep=keep).align_loss is None
+    net.eval()
+    assert net(b, tiles).align_loss is None  # a training loss only
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    first = float(out.align_loss.detach())
+    for _ in range(30):
+        loss = net(b, tiles).align_loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(net(b, tiles).align_loss.detach()) < 0.5 * first
+
+
+def test_graph_only_switches_are_refused_elsewhere():
+    from wsimm.errors import ConfigError
+    from wsimm.train import TrainConfig
+    from wsimm.train._fusion import baseline_plan
+
+    with pytest.raises(ConfigError, match="coattention need --fusion graph"):
+        TrainConfig(labels="l.csv", omics="o.csv", task="survival", out="r", fusion="late",
+                    fusion_kwargs={"coattention": True}).validate()  # fmt: skip
+    with pytest.raises(ConfigError, match="coattention needs --fusion graph"):
+        FusionSpec("concat", ["slide", "omics"], 1, [3], ["rnaseq"], coattention=True).validate()
+    with pytest.raises(ConfigError, match="contrastive"):
+        FusionSpec("graph", ["slide", "omics"], 1, [3], ["rnaseq"], contrastive=-1).validate()
+    # with the switches on, the plain graph fusion joins the baselines
+    cfg = TrainConfig(labels="l.csv", omics="o.csv", store="s.zarr", task="survival", out="r",
+                      fusion="graph", fusion_kwargs={"coattention": True})  # fmt: skip
+    names = [n for n, _ in baseline_plan(cfg, ["slide", "omics"])]
+    assert "graph_fusion" in names and "late_fusion" in names
+    plain = TrainConfig(labels="l.csv", omics="o.csv", store="s.zarr", task="survival",
+                        out="r", fusion="graph")  # fmt: skip
+    assert "graph_fusion" not in [n for n, _ in baseline_plan(plain, ["slide", "omics"])]

@@ -19,11 +19,8 @@ from wsimm.heatmap import export, make_heatmaps, tile_scores
 from wsimm.train import train
 
 
-@pytest.fixture(scope="module")
-def fusion_run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("hm_fusion")
-    co = wsimm.make_cohort(36, seed=13, tiles_per_slide=(20, 40), feature_dim=16,
-                           p_no_slide=0.1)  # fmt: skip
+def _train_fusion(co, d, **fusion_kwargs):
+    """A 3-fold, 3-epoch survival graph fusion run of ``co`` in ``d / "run"``."""
     paths = co.save(d)
     wsimm.bags_to_store(co.bags, d / "s.zarr")
     with warnings.catch_warnings():
@@ -32,9 +29,16 @@ def fusion_run(tmp_path_factory):
                     omics=str(paths["omics"]), clinical=str(paths["clinical"]),
                     gene_groups=str(paths["gene_groups"]), fusion="graph", folds=3, epochs=3,
                     survival_loss="cox", out=str(d / "run"), baselines="none", quiet=True,
-                    fusion_kwargs={"hidden": 16, "heads": 2})  # fmt: skip
+                    fusion_kwargs={"hidden": 16, "heads": 2, **fusion_kwargs})  # fmt: skip
     assert not res.failed
     return co, d
+
+
+@pytest.fixture(scope="module")
+def fusion_run(tmp_path_factory):
+    co = wsimm.make_cohort(36, seed=13, tiles_per_slide=(20, 40), feature_dim=16,
+                           p_no_slide=0.1)  # fmt: skip
+    return _train_fusion(co, tmp_path_factory.mktemp("hm_fusion"))
 
 
 def test_fusion_heatmap_scores_match_the_runs_out_of_fold_prediction(fusion_run):
@@ -67,3 +71,40 @@ def test_fusion_heatmap_files_from_the_cli_path(fusion_run):
     assert {"attention", "contribution", "contribution percentile"} <= set(meas)
     ts = tile_scores(d / "run", d / "s.zarr", sids[1])
     assert export(ts, d / "hm2", "tiff")["tiff"].is_file()
+
+
+@pytest.fixture(scope="module")
+def coattention_run(tmp_path_factory):
+    co = wsimm.make_cohort(36, interaction="types", seed=2, tiles_per_slide=(20, 40),
+                           feature_dim=16, p_no_slide=0.1, p_no_omics=0.1)  # fmt: skip
+    d = tmp_path_factory.mktemp("hm_coattn")
+    return _train_fusion(co, d, coattention=True, contrastive=0.2)
+
+
+def test_coattention_heatmaps_are_the_runs_explanations(coattention_run):
+    """One heatmap score per gene group of the patient (where on the slide it looks), equal to
+    the attention of the tiles the run's explanations.json lists; the risk is the run's."""
+    co, d = coattention_run
+    preds = pd.read_csv(d / "run" / "predictions.csv")
+    has_omics = set(co.omics.index)
+    pid = next(p for p in preds["patient_id"] if p in has_omics and f"{p}-S1" in co.bags)
+    sid = f"{pid}-S1"
+    row = preds[preds.patient_id == pid].iloc[0]
+    ts = tile_scores(d / "run", d / "s.zarr", sid)
+    assert ts.prediction["risk"] == pytest.approx(float(row["risk"]), abs=1e-4)
+    expl = json.loads((d / "run" / f"fold_{int(row['fold'])}" / "explanations.json").read_text())
+    groups = expl[pid]["coattention"]
+    assert {f"{g}|{a}" for g in co.gene_groups for a in ("rnaseq", "cnv", "mut")} <= set(groups)
+    for key, e in groups.items():
+        name = "coattention_" + key.replace("|", "_")
+        v = ts.scores[name]
+        assert len(v) == len(co.bags[sid]) and ((v >= 0) & (v <= 1)).all()
+        assert e["mean"] == pytest.approx(float(v.mean()), abs=1e-4)
+        for slide, i, a in e["top_tiles"]:
+            assert slide == sid and v[i] == pytest.approx(a, abs=1e-4)
+        assert e["top_tiles"][0][2] == pytest.approx(float(v.max()), abs=1e-4)
+    assert np.isfinite(ts.scores["contribution"]).all() and ts.scores["contribution"].std() > 0
+    # a patient without omics has no gene group to look with
+    no_omics = next(p for p in preds["patient_id"] if p not in has_omics and f"{p}-S1" in co.bags)
+    ts2 = tile_scores(d / "run", d / "s.zarr", f"{no_omics}-S1")
+    assert not any(k.startswith("coattention_") for k in ts2.scores)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from wsimm.errors import ConfigError
 from wsimm.fusion._graph import EDGE_TYPES, NODE_TYPES
 
-__all__ = ["FUSIONS", "FusionEnsemble", "FusionNet", "FusionOutput", "FusionSpec"]
+__all__ = ["FUSIONS", "CoAttention", "FusionEnsemble", "FusionNet", "FusionOutput", "FusionSpec"]
 
 #: how modalities are joined
 FUSIONS = ("graph", "late", "concat", "kronecker")
@@ -35,6 +35,19 @@ class FusionOutput(NamedTuple):
     weights: dict[str, Tensor] | None
     aux_loss: Tensor | None
     wide: dict[str, Tensor] | None = None
+    coattn: CoAttention | None = None
+    align_loss: Tensor | None = None
+
+
+class CoAttention(NamedTuple):
+    """Gene-group -> tile attention of a batch (graph fusion with ``coattention``): ``attn``
+    ``(B, G, T)`` in [0, 1], a patient's gene-group nodes (rows, in node order) over its tiles
+    (columns, in tile order); ``groups`` / ``tiles``: ``(B, G)`` / ``(B, T)`` masks of the real
+    rows and columns."""
+
+    attn: Tensor
+    groups: Tensor
+    tiles: Tensor
 
 
 @dataclass
@@ -60,6 +73,9 @@ class FusionSpec:
     kron_dim: int = 16
     wide: bool = False  # a linear model over the same inputs, added to the output
     wide_genes: dict[str, int] | None = None  # genes per assay the wide part reads
+    coattention: bool = False  # gene-group nodes attend over their patient's tiles, and back
+    contrastive: float = 0.0  # weight of the slide <-> omics InfoNCE loss (training only)
+    temperature: float = 0.1  # of the contrastive loss
 
     def validate(self) -> FusionSpec:
         if self.fusion not in FUSIONS:
@@ -68,6 +84,13 @@ class FusionSpec:
             raise ConfigError(f"fusion conv must be gatv2 or hgt, got {self.conv!r}")
         if not self.modalities:
             raise ConfigError("fusion needs at least one modality (slides, omics or clinical)")
+        if self.coattention and self.fusion != "graph":
+            raise ConfigError(
+                "fusion_kwargs coattention needs --fusion graph (gene-group nodes attend over "
+                f"tiles), got --fusion {self.fusion}"
+            )
+        if self.contrastive < 0 or self.temperature <= 0:
+            raise ConfigError("fusion_kwargs contrastive must be >= 0 and temperature > 0")
         if self.hidden % self.heads:
             raise ConfigError(f"fusion hidden ({self.hidden}) must be a multiple of heads")
         return self
@@ -101,12 +124,29 @@ class FusionNet(nn.Module):
             self.num_w = nn.Embedding(max(1, spec.n_clinical), h)
             self.slot_emb = nn.Embedding(max(1, spec.n_slots), h)
             self.clin_mlp = nn.Sequential(nn.ELU(), nn.Linear(h, h))
+        #: gene-group <-> tile co-attention: only with slides and omics in a graph fusion
+        self.coattn = bool(spec.coattention) and {"slide", "omics"} <= set(self.mods)
+        if self.coattn:
+            self.tile_in = nn.Sequential(nn.Linear(spec.slide_dim, h), nn.ELU(), nn.LayerNorm(h))
+            self.co_q = nn.Linear(h, h)
+            self.co_k = nn.Linear(h, h)
+            self.co_v = nn.Linear(h, h)
+            self.co_bias = nn.Parameter(torch.tensor(-2.0))  # attention starts sparse
+            self.co_out = nn.Linear(h, h)
+            self.back_v = nn.Linear(h, h)
+            self.back_out = nn.Linear(h, h)
+
+        #: contrastive alignment of a patient's slide and omics embeddings
+        self.align = float(spec.contrastive) > 0 and {"slide", "omics"} <= set(self.mods)
+        if self.align:
+            self.align_slide = nn.Linear(h, h)
+            self.align_omics = nn.Linear(h, h)
         if "slide" in self.mods:
             from wsimm.mil import create_model
 
             self.mil = create_model(  # only its pooling is used: no BagNorm before a head
                 spec.slide_model,
-                spec.slide_dim,
+                h if self.coattn else spec.slide_dim,
                 1,
                 **{"bag_norm": False, **(spec.slide_model_kwargs or {})},
             )
@@ -257,11 +297,11 @@ class FusionNet(nn.Module):
     # -- encoders ---------------------------------------------------------------------------
     def _encode(
         self, data, tiles, keep: dict[str, Tensor]
-    ) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
+    ) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None, CoAttention | None]:
         """Node features ``(n_nodes, h)`` per node type, the per-kind omics embeddings
-        ``(K, B, h)`` and the slide model's auxiliary loss."""
+        ``(K, B, h)``, the slide model's auxiliary loss and the co-attention (if any)."""
         x: dict[str, Tensor] = {}
-        kind_all, aux = None, None
+        kind_all, aux, co = None, None, None
         B = int(data.num_graphs)
         dev = self.patient_device
         if "omics" in self.mods:
@@ -289,11 +329,45 @@ class FusionNet(nn.Module):
                 if tiles is None:
                     raise ConfigError("this fusion network uses slides: pass their tiles")
                 tx, tb = tiles
+                if self.coattn:
+                    x["gene_group"], tx, co = self._coattend(data, x["gene_group"], tx, tb, keep)
                 emb, _, aux = self.mil.pool(tx, tb, int(st.num_nodes), None)
                 x["slide"] = self.slide_proj(emb.flatten(1))
             else:
                 x["slide"] = self._empty(dev)
-        return x, kind_all, aux
+        return x, kind_all, aux, co
+
+    def _coattend(self, data, xg: Tensor, tx: Tensor, tb: Tensor, keep: dict[str, Tensor]):
+        """Each gene-group node attends over its patient's tiles (sigmoid attention averaged
+        over the tiles, so the result tells both *which* tiles the group looks at and *how
+        many* there are), and each tile attends back over its patient's gene groups (softmax
+        over the groups, added to the tile before the slide model pools it). Returns the
+        updated gene-group nodes, tiles ``(n, h)`` and the attention."""
+        from torch_geometric.utils import to_dense_batch
+
+        B, h = int(data.num_graphs), self.spec.hidden
+        t = self.tile_in(tx)
+        owner_t = data["slide"].batch[tb]
+        owner_g = data["gene_group"].batch
+        mt = keep["slide"][tb] if "slide" in keep else torch.ones_like(owner_t, dtype=torch.bool)
+        mg = keep.get("gene_group", torch.ones_like(owner_g, dtype=torch.bool))
+        Q, gmask = to_dense_batch(self.co_q(xg), owner_g, batch_size=B)  # (B, G, h)
+        K, tmask = to_dense_batch(self.co_k(t), owner_t, batch_size=B)  # (B, T, h)
+        V, _ = to_dense_batch(self.co_v(t), owner_t, batch_size=B)
+        g_on, _ = to_dense_batch(mg, owner_g, batch_size=B, fill_value=False)
+        t_on, _ = to_dense_batch(mt, owner_t, batch_size=B, fill_value=False)
+        S = Q @ K.transpose(1, 2) / h**0.5  # (B, G, T)
+        A = torch.sigmoid(S + self.co_bias) * t_on[:, None, :]
+        n_t = t_on.sum(1).clamp(min=1).to(A.dtype)  # tiles per patient that take part
+        pooled = (A @ V) / n_t[:, None, None]  # (B, G, h)
+        xg = xg + self.co_out(pooled[gmask]) * mg[:, None]
+        # tiles attend back over the gene groups their patient has (none: no update)
+        St = S.transpose(1, 2).masked_fill(~g_on[:, None, :], float("-inf"))  # (B, T, G)
+        has_g = g_on.any(1)
+        Wt = torch.softmax(St.masked_fill(~has_g[:, None, None], 0.0), dim=2)
+        ctx = (Wt @ self.back_v(Q)) * has_g[:, None, None]  # (B, T, h)
+        t = t + self.back_out(ctx[tmask])
+        return xg, t, CoAttention(A, gmask & g_on, tmask & t_on)
 
     def _genes_of(self, k: int) -> Tensor:
         # gene positions of kind k inside its assay's matrix, set by the trainer
@@ -317,7 +391,7 @@ class FusionNet(nn.Module):
     # -- forward ------------------------------------------------------------------------------
     def forward(self, data, tiles=None, keep: dict[str, Tensor] | None = None) -> FusionOutput:
         keep = keep or {}
-        x, kind_all, aux = self._encode(data, tiles, keep)
+        x, kind_all, aux, co = self._encode(data, tiles, keep)
         B = int(data.num_graphs)
         weights = None
         if self.spec.fusion == "graph":
@@ -327,7 +401,35 @@ class FusionNet(nn.Module):
         wide = self.wide_terms(data, keep, B) if self.spec.wide else None
         if wide is not None:
             logits = logits + sum(wide.values())
-        return FusionOutput(logits, weights, aux, wide)
+        align = self._align_loss(data, x, keep, B) if self.align and self.training else None
+        return FusionOutput(logits, weights, aux, wide, co, align)
+
+    def _align_loss(self, data, x, keep, B) -> Tensor | None:
+        """InfoNCE between the slide and the omics embedding of the same patient (the mean of
+        its slide nodes / gene-group nodes before message passing), symmetric, over the
+        batch's patients that have both; ``None`` with fewer than two such patients."""
+        dev = self.patient_device
+
+        def mean_of(t: str, proj: nn.Module) -> tuple[Tensor, Tensor]:
+            st, v = data[t], x[t]
+            m = keep.get(t, torch.ones(v.shape[0], dtype=torch.bool, device=dev))
+            if v.shape[0] == 0:
+                return torch.zeros(B, v.shape[1], device=dev), torch.zeros(B, device=dev)
+            cnt = torch.zeros(B, device=dev).index_add_(0, st.batch, m.float())
+            s = torch.zeros(B, v.shape[1], device=dev).index_add_(0, st.batch, v * m[:, None])
+            return proj(s / cnt.clamp(min=1)[:, None]), cnt
+
+        zs, ns = mean_of("slide", self.align_slide)
+        zo, no = mean_of("gene_group", self.align_omics)
+        both = (ns > 0) & (no > 0)
+        if int(both.sum()) < 2:
+            return None
+        zs = nn.functional.normalize(zs[both], dim=1)
+        zo = nn.functional.normalize(zo[both], dim=1)
+        sim = zs @ zo.T / self.spec.temperature
+        target = torch.arange(sim.shape[0], device=dev)
+        ce = nn.functional.cross_entropy
+        return (ce(sim, target) + ce(sim.T, target)) / 2
 
     def _graph_forward(self, data, x, keep, B):
         from torch_geometric.utils import softmax
@@ -453,5 +555,9 @@ class FusionEnsemble(nn.Module):
             weights = {
                 t: torch.stack([o.weights[t] for o in outs]).mean(0) for t in outs[0].weights
             }
+        co = None
+        if outs[0].coattn is not None:  # same batch, same masks: average the attention
+            c0 = outs[0].coattn
+            co = c0._replace(attn=torch.stack([o.coattn.attn for o in outs]).mean(0))
         # every member carries the same fold's linear part
-        return FusionOutput(logits, weights, None, outs[0].wide)
+        return FusionOutput(logits, weights, None, outs[0].wide, co)

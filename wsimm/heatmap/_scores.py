@@ -225,7 +225,7 @@ def _fusion_fold_scores(
         def pool(xx, batch, n, y):
             emb, a, aux = orig(mil, xx, batch, n, y)
             emb = emb.detach().requires_grad_(True)
-            captured.append((emb, a.detach()))
+            captured.append((emb, a.detach(), xx.detach()))  # xx: the tiles as pooled
             return emb, a, aux
 
         mil.pool = pool
@@ -239,12 +239,12 @@ def _fusion_fold_scores(
             grads = None
             if survival:
                 r = _risk_torch(out.logits, fm.bins is not None).sum()
-                grads = torch.autograd.grad(r, [e for e, _ in captured])
+                grads = torch.autograd.grad(r, [e for e, *_ in captured])
     finally:
         for net in nets:
             del net.mil.pool
     scores: dict[str, list[np.ndarray]] = {}
-    for k, (net, (_, a)) in enumerate(zip(nets, captured, strict=True)):
+    for k, (net, (_, a, pooled_in)) in enumerate(zip(nets, captured, strict=True)):
         a_sel = a[sel]
         if a_sel.dim() == 2:
             names = fm.meta.get("classes") or list(range(a_sel.shape[1]))
@@ -260,13 +260,28 @@ def _fusion_fold_scores(
                     f"(abmil, abmil_gated, clam); this run uses {fm.meta['spec']['slide_model']}"
                 )
             with torch.no_grad():
-                h = mil.fc(x[sel])
+                h = mil.fc(pooled_in[sel])
                 g = grads[k][j].reshape(-1, h.shape[1])
                 att = a_sel if a_sel.dim() == 2 else a_sel[:, None]
                 contrib = (att * (h @ g.T)).sum(1)
             scores.setdefault("contribution", []).append(contrib.float().cpu().numpy())
     mean = {n: np.mean(v, 0).astype(np.float32) for n, v in scores.items()}
+    if out.coattn is not None:  # where each gene group of the patient looks on this slide
+        kinds = fm.preprocess.kinds
+        co = out.coattn
+        for g, k in enumerate(b["gene_group"].kind.tolist()):
+            if bool(co.groups[0, g]):
+                name = coattention_score_name(kinds[k][0], kinds[k][1])
+                mean[name] = co.attn[0, g, sel].detach().float().cpu().numpy()
     return mean, out.logits.detach().float().cpu().numpy()[0]
+
+
+def coattention_score_name(group: str, assay: str) -> str:
+    """The score name of a gene group's co-attention over tiles (``coattention_<group>_<assay>``,
+    characters outside letters, digits, ``.``, ``-`` and ``_`` replaced by ``_``)."""
+    import re
+
+    return "coattention_" + re.sub(r"[^A-Za-z0-9._-]", "_", f"{group}_{assay}")
 
 
 # ------------------------------------------------------------------------------------------

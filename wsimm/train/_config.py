@@ -14,6 +14,12 @@ TASKS = ("grade", "survival")
 FUSION_CHOICES = ("none", "graph", "late", "concat", "kronecker")
 
 
+#: fusion_kwargs that only the graph fusion has
+GRAPH_ONLY_KWARGS = ("coattention",)
+#: fusion_kwargs that add to the run's own network; its network baselines train without them
+EXTRA_KWARGS = ("coattention", "contrastive")
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a run; written to ``config.yaml`` in the run directory.
@@ -113,6 +119,12 @@ class TrainConfig:
             raise ConfigError(f"tune must be true, false or a mapping, got {self.tune!r}")
         if self.fusion != "none":
             self._refuse_slide_only_options()
+        graph_only = sorted(k for k in GRAPH_ONLY_KWARGS if self.fusion_kwargs.get(k))
+        if graph_only and self.fusion != "graph":
+            raise ConfigError(
+                f"fusion_kwargs {', '.join(graph_only)} need --fusion graph (got --fusion "
+                f"{self.fusion}); remove them or use the graph fusion"
+            )
         if self.max_tiles is not None and self.max_tiles < 1:
             raise ConfigError(f"max_tiles must be >= 1 or unset, got {self.max_tiles}")
         return self

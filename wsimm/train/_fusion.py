@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from wsimm.fusion._inputs import (
 )
 from wsimm.fusion._model import MODALITY_NODE
 from wsimm.survival import TimeBins
-from wsimm.train._config import TrainConfig
+from wsimm.train._config import EXTRA_KWARGS, TrainConfig
 from wsimm.train._data import BagSource, FeatureNorm
 from wsimm.train._dist import current
 from wsimm.train._fit import EpochSelection, FoldResult, _Objective, _prediction_rows, _score
@@ -165,9 +165,15 @@ class _Net:
                     for m in remove
                     if m in self.net.mods
                 }
-                out = self.net(b, self.tiles(b) if "slide" not in remove else None, keep=keep)
+                tiles = self.tiles(b) if "slide" not in remove else None
+                out = self.net(b, tiles, keep=keep)
                 logits.append(out.logits.float().cpu().numpy())
                 ws = _weights_per_patient(b, out.weights, self, keep)
+                if out.coattn is not None and tiles is not None:
+                    for j, co in enumerate(_coattention_per_patient(b, out.coattn, tiles[1], self)):
+                        if co:
+                            ws[j] = ws[j] or {"modality": {}, "nodes": {}}
+                            ws[j]["coattention"] = co
                 if out.wide is not None:  # each modality's term of the linear part
                     terms = out.wide
                     for j in range(len(ws)):
@@ -209,6 +215,43 @@ def _weights_per_patient(b, weights, net: _Net, keep) -> list[dict | None]:
                     zip(np.asarray(names, object)[sel], w[sel].tolist(), strict=True)
                 )
     return out
+
+
+def _coattention_per_patient(b, co, slide_of_tile, net: _Net, top: int = 5) -> list[dict]:
+    """Per patient, per gene group (``group|assay``): the mean co-attention over the patient's
+    tiles and its ``top`` tiles as ``[slide_id, tile index in the slide, attention]``."""
+    n = int(b.num_graphs)
+    kinds = net.pre.kinds
+    attn = co.attn.float().cpu().numpy()
+    groups, tmask = co.groups.cpu().numpy(), co.tiles.cpu().numpy()
+    sb = slide_of_tile.cpu().numpy()
+    sidx = b["slide"].sidx.cpu().numpy()
+    # each tile's slide and index inside it (tiles are grouped by slide node, in node order)
+    starts = np.r_[0, np.cumsum(np.bincount(sb, minlength=len(sidx)))[:-1]]
+    in_slide = np.arange(len(sb)) - starts[sb]
+    owner_t = b["slide"].batch.cpu().numpy()[sb]
+    g_owner = b["gene_group"].batch.cpu().numpy()
+    g_kind = b["gene_group"].kind.cpu().numpy()
+    out: list[dict] = [{} for _ in range(n)]
+    for j in range(n):
+        tiles_j = np.flatnonzero(owner_t == j)
+        kinds_j = g_kind[g_owner == j]
+        for r, k in enumerate(kinds_j):
+            if not groups[j, r] or not len(tiles_j):
+                continue
+            on = tmask[j, : len(tiles_j)]
+            a = attn[j, r, : len(tiles_j)]
+            order = [i for i in np.argsort(-a, kind="stable") if on[i]][:top]
+            out[j][f"{kinds[k][0]}|{kinds[k][1]}"] = {
+                "mean": round(float(a[on].mean()) if on.any() else 0.0, 5),
+                "top_tiles": [_top_tile(net, sidx, sb, in_slide, tiles_j[i], a[i]) for i in order],
+            }
+    return out
+
+
+def _top_tile(net: _Net, sidx, slide_of_tile, in_slide, tile: int, a: float) -> list:
+    """``[slide id, tile index inside the slide, attention]`` of one tile of a batch."""
+    return [net.fd.slide_ids[sidx[slide_of_tile[tile]]], int(in_slide[tile]), round(float(a), 5)]
 
 
 def _keep_masks(b, mods: list[str], p: float, draw):
@@ -449,12 +492,16 @@ def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, r
             out = ddp(b, runner.tiles(b, max_tiles=cfg.max_tiles, seed=tile_seed), keep=keep)
             whole = torch.cat([g_tr[j].pidx for j in idx]).to(device)
             aux_w = float(getattr(getattr(net, "mil", None), "aux_weight", 0.0) or 0.0)
+            aux = None if out.aux_loss is None else aux_w * out.aux_loss
+            if out.align_loss is not None:  # contrastive slide <-> omics alignment
+                term = float(net.spec.contrastive) * out.align_loss
+                aux = term if aux is None else aux + term
             loss, value = job.batch_loss(
                 out.logits,
                 len(idx),
                 lambda lg, whole=whole: objective(lg, tg, whole),
-                aux=out.aux_loss,
-                aux_weight=aux_w,
+                aux=aux,
+                aux_weight=1.0,
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -478,6 +525,8 @@ def _explain(w: dict, top: int = 5) -> dict:
     out = {"modality_weights": w["modality"]}
     if "linear" in w:  # per modality, its term of the linear part (one value per output)
         out["linear_terms"] = w["linear"]
+    if "coattention" in w:  # per gene group, where on the slides it looks
+        out["coattention"] = w["coattention"]
     for m, nodes in w["nodes"].items():
         ranked = sorted(nodes.items(), key=lambda kv: -kv[1])[:top]
         out[f"top_{m}"] = [[k, round(v, 5)] for k, v in ranked]
@@ -519,9 +568,10 @@ def baseline_plan(cfg: TrainConfig, modalities: list[str]) -> list[tuple[str, di
         plan.append(("slide_mil", {"fusion": "concat", "modalities": ["slide"]}))
     if "clinical" in modalities and len(modalities) > 1:
         plan.append(("clinical_net", {"fusion": "concat", "modalities": ["clinical"]}))
+    extras = any(cfg.fusion_kwargs.get(k) for k in EXTRA_KWARGS)
     if len(modalities) > 1:
         for f in ("late", "concat", "kronecker", "graph"):
-            if f != cfg.fusion:
+            if f != cfg.fusion or extras:  # the plain graph when the run's has extras
                 plan.append((f"{f}_fusion", {"fusion": f, "modalities": modalities}))
     if cfg.baselines == "none":
         return []
@@ -597,9 +647,10 @@ def run_baselines(
             try:
                 if "linear" in how:
                     res = fit_linear_fold(k_cfg, fd, table, sets, k, use_omics=how["linear"])
-                else:
+                else:  # network baselines: the plain networks, without the run's extras
+                    kw = {k: v for k, v in k_cfg.fusion_kwargs.items() if k not in EXTRA_KWARGS}
                     res = fit_fusion_fold(
-                        k_cfg,
+                        replace(k_cfg, fusion_kwargs=kw),
                         fd,
                         table,
                         sets,
