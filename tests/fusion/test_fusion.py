@@ -334,3 +334,17 @@ def test_graph_only_switches_are_refused_elsewhere():
     plain = TrainConfig(labels="l.csv", omics="o.csv", store="s.zarr", task="survival",
                         out="r", fusion="graph")  # fmt: skip
     assert "graph_fusion" not in [n for n, _ in baseline_plan(plain, ["slide", "omics"])]
+
+
+def test_switches_without_slides_are_refused_before_anything_is_written(cohort, tmp_path):
+    from wsimm.errors import ConfigError
+    from wsimm.train import train
+
+    _, paths = cohort
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"coattention join slides and omics.*omics, clinical"):
+        train(labels=str(paths["labels"]), omics=str(paths["omics"]),
+              clinical=str(paths["clinical"]), gene_groups=str(paths["gene_groups"]),
+              task="survival", fusion="graph", out=str(out), quiet=True,
+              fusion_kwargs={"coattention": True})  # fmt: skip
+    assert not out.exists()

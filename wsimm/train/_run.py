@@ -18,7 +18,7 @@ import pandas as pd
 
 from wsimm._progress import progress
 from wsimm.errors import ConfigError, DataError, WsimmWarning
-from wsimm.train._config import TrainConfig
+from wsimm.train._config import EXTRA_KWARGS, TrainConfig
 from wsimm.train._data import BagSource
 from wsimm.train._fold import json_clean
 from wsimm.train._metrics import METRIC_KEYS, summarise_folds
@@ -135,6 +135,7 @@ def _train(cfg: TrainConfig, out: Path, *, quiet: bool, t0: float) -> RunResult:
             else None
         )
         fd = load_fusion_data(cfg, ex, source)
+        _check_switches(cfg, fd.mods.names)
     cfg.encoder = source.encoder if source is not None else cfg.encoder
     from wsimm.train._dist import setup, teardown
 
@@ -408,3 +409,14 @@ def _summarise(cfg: TrainConfig, rows: list[dict], failed: dict[int, str]) -> di
         "std": std,
         "failed": {str(k): v for k, v in failed.items()},
     }
+
+
+def _check_switches(cfg: TrainConfig, modalities: list[str]) -> None:
+    """Fusion switches that join slides and omics are refused when the run lacks either,
+    rather than silently doing nothing."""
+    on = [k for k in EXTRA_KWARGS if cfg.fusion_kwargs.get(k)]
+    if on and not {"slide", "omics"} <= set(modalities):
+        raise ConfigError(
+            f"fusion_kwargs {', '.join(on)} join slides and omics, but this run has only "
+            f"{', '.join(modalities) or 'no modality'}; add --store and --omics, or remove them"
+        )
