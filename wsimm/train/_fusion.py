@@ -141,15 +141,25 @@ class _Net:
         )
         return x, sb
 
-    def run(self, graphs: list, *, remove: tuple[str, ...] = (), batch_size: int = 64):
-        """Logits ``(n, K)`` and per-node readout weights for ``graphs`` (eval mode); the
-        modalities in ``remove`` are taken away (their nodes do not take part). Under torchrun
-        the graphs are shared out between the processes and every process gets all rows."""
+    def run(
+        self,
+        graphs: list,
+        *,
+        remove: tuple[str, ...] = (),
+        batch_size: int = 64,
+        explain: bool = True,
+    ):
+        """Logits ``(n, K)`` and, with ``explain``, each patient's explanation (readout
+        weights, linear terms, co-attention; ``None`` per patient without) for ``graphs``
+        (eval mode); the modalities in ``remove`` are taken away (their nodes do not take
+        part). Under torchrun the graphs are shared out between the processes and every
+        process gets all rows."""
         return current().map_rows(
-            lambda gs: self._run(gs, remove=remove, batch_size=batch_size), graphs
+            lambda gs: self._run(gs, remove=remove, batch_size=batch_size, explain=explain),
+            graphs,
         )
 
-    def _run(self, graphs: list, *, remove: tuple[str, ...], batch_size: int):
+    def _run(self, graphs: list, *, remove: tuple[str, ...], batch_size: int, explain: bool):
         import torch
         from torch_geometric.data import Batch
 
@@ -168,6 +178,9 @@ class _Net:
                 tiles = self.tiles(b) if "slide" not in remove else None
                 out = self.net(b, tiles, keep=keep)
                 logits.append(out.logits.float().cpu().numpy())
+                if not explain:  # validation epochs, training risks, removed modalities
+                    weights.append([None] * int(b.num_graphs))
+                    continue
                 ws = _weights_per_patient(b, out.weights, self, keep)
                 if out.coattn is not None and tiles is not None:
                     for j, co in enumerate(_coattention_per_patient(b, out.coattn, tiles[1], self)):
@@ -241,7 +254,8 @@ def _coattention_per_patient(b, co, slide_of_tile, net: _Net, top: int = 5) -> l
                 continue
             on = tmask[j, : len(tiles_j)]
             a = attn[j, r, : len(tiles_j)]
-            order = [i for i in np.argsort(-a, kind="stable") if on[i]][:top]
+            ranked = np.argsort(-a, kind="stable")
+            order = ranked[on[ranked]][:top]
             out[j][f"{kinds[k][0]}|{kinds[k][1]}"] = {
                 "mean": round(float(a[on].mean()) if on.any() else 0.0, 5),
                 "top_tiles": [_top_tile(net, sidx, sb, in_slide, tiles_j[i], a[i]) for i in order],
@@ -395,7 +409,7 @@ def fit_fusion_fold(
         "ensemble": n_models,
     }
     if cfg.task == "survival":
-        tr_logits, _ = runner.run(g_tr, batch_size=bs)
+        tr_logits, _ = runner.run(g_tr, batch_size=bs, explain=False)
         tr_risk = fm.risk(tr_logits)
         fm.meta["train_risk_median"] = float(np.median(tr_risk))
         if bins is None:
@@ -406,7 +420,7 @@ def fit_fusion_fold(
     key = "c_index" if cfg.task == "survival" else "auc"
     if len(modalities) > 1:
         for m in modalities:
-            lg, _ = runner.run(g_te, remove=(m,), batch_size=bs)
+            lg, _ = runner.run(g_te, remove=(m,), batch_size=bs, explain=False)
             metrics[f"{key}_without_{m}"] = _score(fm, te, lg, tr)[key]
     preds = _prediction_rows(fm, te, logits, fold)
     if any((w or {}).get("modality") for w in weights):
@@ -509,7 +523,7 @@ def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, r
             sched.step()
             total += value * len(idx)
             seen += len(idx)
-        vl_logits, _ = runner.run(g_va, batch_size=bs)
+        vl_logits, _ = runner.run(g_va, batch_size=bs, explain=False)
         with torch.no_grad():
             val_loss = float(objective(torch.as_tensor(vl_logits, device=device), tg, val_idx))
         scores = _score(fm, va, vl_logits, tr, full=False)
