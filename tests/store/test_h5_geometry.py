@@ -50,6 +50,22 @@ def test_clam_file_at_level_one_uses_its_downsample(tmp_path):
     assert a["read_level"] == 1 and a["level0_dims"] == [4 * 1024, 3 * 1024]
 
 
+def test_clam_features_without_attributes_take_the_patches_file_beside_them(tmp_path):
+    """CLAM's extract_features_fp.py writes h5_files/<slide>.h5 with no attributes; the tiling
+    is in patches/<slide>.h5 of the same tree (here level 1, 25% overlap: the grid step alone
+    would give a 768 px footprint, and level 0)."""
+    attrs = {"patch_size": 256, "patch_level": 1, "downsample": [4.0, 4.0],
+             "level_dim": [1000, 800]}  # fmt: skip
+    (tmp_path / "patches").mkdir()
+    (tmp_path / "h5_files").mkdir()
+    _h5(tmp_path / "patches" / "sl.h5", _grid(768), attrs)
+    _h5(tmp_path / "h5_files" / "sl.h5", _grid(768), {})
+    (sid,) = import_h5(tmp_path / "h5_files", tmp_path / "s.zarr", encoder="r50")
+    a = open_store(tmp_path / "s.zarr").slide_attrs(sid)
+    assert a["tile_size0"] == 1024 and a["stride0"] == 768 and a["read_level"] == 1
+    assert a["read_downsample"] == 4.0
+
+
 def test_overlapping_grid_gives_the_stride_not_the_tile(tmp_path):
     _h5(tmp_path / "ov.h5", _grid(192), {"patch_size": 256, "patch_level": 0})
     (sid,) = import_h5(tmp_path, tmp_path / "s.zarr", encoder="e")

@@ -129,3 +129,23 @@ def test_bad_layout_and_missing_features(tiled, tmp_path):
     with pytest.raises(StoreError, match="needs one encoder's features"):
         export_h5(tmp_path / "c.zarr", tmp_path / "y", layout="clam")
     assert export_h5(tmp_path / "c.zarr", tmp_path / "z")  # coords alone: the wsimm layout
+
+
+@pytest.mark.parametrize("layout", ["clam", "trident", "stamp"])
+def test_imported_slides_embed_the_same_tiles(tiled, tmp_path, layout):
+    """``wsimm embed`` on a store imported with --slides-dir reads exactly the tiles the
+    original store was embedded from (it failed with KeyError 'read_downsample')."""
+    from wsimm.pipeline import embed_store
+
+    d, fs = tiled
+    out = tmp_path / layout
+    export_h5(d / "s.zarr", out, layout=layout)
+    src = {"clam": out / "h5_files", "stamp": out}.get(layout) or next(out.glob("*/features_*"))
+    (sid,) = import_h5(src, tmp_path / "b.zarr", encoder="peer", slides_dir=d / "slides")
+    b = open_store(tmp_path / "b.zarr")
+    assert b.slide_attrs(sid)["read_level"] == 1
+    assert b.slide_attrs(sid)["read_downsample"] == pytest.approx(4.0)
+    rep = embed_store(tmp_path / "b.zarr", encoder="test_tiny", quiet=True)
+    assert not rep.failed
+    again = open_store(tmp_path / "b.zarr").features(sid, "test_tiny").astype(np.float32)
+    assert np.allclose(again, fs.features("pyr", "test_tiny").astype(np.float32), atol=2e-3)

@@ -244,6 +244,8 @@ def _import_files(directory, store, encoder, overwrite, slides_dir) -> list[str]
                 raise
             except OSError as e:
                 raise StoreError(f"{p}: not a readable h5 file ({e})") from e
+            if not any(k in cattrs for k in ("patch_size", "patch_size_level0")):
+                cattrs = {**_sibling_patch_attrs(p, h5py), **cattrs}
             if feats.ndim == 3 and feats.shape[0] == 1:  # some tools keep a batch axis
                 feats = feats[0]
             if len(coords) == 0:
@@ -264,6 +266,14 @@ def _import_files(directory, store, encoder, overwrite, slides_dir) -> list[str]
             if info.get("level0_mpp") and not cattrs.get("level0_mpp"):
                 cattrs["level0_mpp"] = info["level0_mpp"]
             geom = h5_geometry(coords, cattrs)
+            if info.get("level_downsamples"):
+                # the attached slide's pyramid: read from the level wsimm's tiler would
+                # (STAMP and TRIDENT files name no level; CLAM's patch_level is the same one)
+                from wsimm.tiling import best_level
+
+                lds = info["level_downsamples"]
+                lv = best_level(tuple(lds), geom["tile_size0"] / geom["tile_px"])
+                geom["read_level"], geom["read_downsample"] = lv, lds[lv]
             fs.begin_slide(
                 sid,
                 coords=coords,
@@ -290,6 +300,22 @@ def _import_files(directory, store, encoder, overwrite, slides_dir) -> list[str]
     return done
 
 
+def _sibling_patch_attrs(p: Path, h5py) -> dict:
+    """The tiling attributes of a feature file that carries none, from the coordinates file
+    beside it in the peer's tree: CLAM's ``extract_features_fp.py`` writes ``h5_files/<slide>.h5``
+    without attributes next to ``patches/<slide>.h5``; TRIDENT keeps
+    ``patches/<slide>_patches.h5`` beside ``features_<encoder>/``."""
+    for c in (p.parent.parent / "patches" / p.name,
+              p.parent.parent / "patches" / f"{p.stem}_patches.h5"):  # fmt: skip
+        if c.is_file():
+            try:
+                with h5py.File(c, "r") as f:
+                    return {k: _plain(v) for k, v in f["coords"].attrs.items()}
+            except (OSError, KeyError):
+                return {}
+    return {}
+
+
 def _slide_files(slides_dir: str | os.PathLike[str] | None) -> dict[str, str]:
     """Slide files in ``slides_dir`` by file name without extension."""
     if slides_dir is None:
@@ -304,7 +330,12 @@ def _slide_info(path: str) -> dict:
 
     with open_slide(path) as s:
         w, h = s.dimensions
-        return {"level0_width": int(w), "level0_height": int(h), "level0_mpp": s.mpp or 0.0}
+        return {
+            "level0_width": int(w),
+            "level0_height": int(h),
+            "level0_mpp": s.mpp or 0.0,
+            "level_downsamples": [float(d) for d in s.level_downsamples],
+        }
 
 
 def _stamp_to_pixels(
@@ -371,10 +402,14 @@ def h5_geometry(coords: np.ndarray, attrs: dict) -> dict:
     width = num("level0_width") or float(coords[:, 0].max() + size0)
     height = num("level0_height") or float(coords[:, 1].max() + size0)
     tile_px = int(patch) if patch else round(size0)
+    # the level's downsample: CLAM's ``downsample``, else level 0's 1, else the footprint over
+    # the tile's pixels (the slide, when attached, replaces it with its own pyramid's)
+    read_ds = num("downsample") or (1.0 if level == 0 else size0 / tile_px)
     return {
         "tile_px": tile_px,
         "stride_px": round(stride0 * tile_px / size0),
         "read_level": level,
+        "read_downsample": float(read_ds),
         "tile_size0": float(size0),
         "stride0": float(stride0),
         "mpp": mpp0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from wsimm.tiling._grid import (
     TileGrid,
     TileSpec,
+    best_level,
     grid_from_store,
     plan_grid,
     read_tile,
@@ -17,6 +18,7 @@ __all__ = [
     "TiffTileReader",
     "TileGrid",
     "TileSpec",
+    "best_level",
     "grid_from_store",
     "open_tile_reader",
     "plan_grid",

@@ -23,6 +23,7 @@ from wsimm.errors import ConfigError
 __all__ = [
     "TileGrid",
     "TileSpec",
+    "best_level",
     "grid_from_store",
     "plan_grid",
     "read_tile",
@@ -119,7 +120,9 @@ class TileGrid:
         return self.size0 / self.level_downsample < self.spec.tile_px - 1e-6
 
 
-def _best_level(level_downsamples: tuple[float, ...], want: float) -> int:
+def best_level(level_downsamples: tuple[float, ...], want: float) -> int:
+    """The pyramid level the tiler reads for a wanted downsample: the coarsest level that does
+    not exceed it (0.1% tolerance for scanners' rounding), so tiles are never upsampled."""
     best = 0
     for i, d in enumerate(level_downsamples):
         if d <= want * 1.001:
@@ -216,7 +219,7 @@ def plan_grid(
     w0, h0 = dimensions
     size0 = spec.tile_px * spec.mpp / slide_mpp
     stride0 = spec.stride_px * spec.mpp / slide_mpp
-    level = _best_level(tuple(level_downsamples), spec.mpp / slide_mpp)
+    level = best_level(tuple(level_downsamples), spec.mpp / slide_mpp)
     if spec.edge_tiles:  # every start left of the edge until a tile reaches past it
         nx = max(1, math.ceil((w0 - size0) / stride0 - 1e-9) + 1) if w0 > 0 else 0
         ny = max(1, math.ceil((h0 - size0) / stride0 - 1e-9) + 1) if h0 > 0 else 0
@@ -342,10 +345,18 @@ def grid_from_store(fs: Any, slide_id: str) -> TileGrid:
         size0=float(a["tile_size0"]),
         stride0=float(a["stride0"]),
         level=int(a["read_level"]),
-        level_downsample=float(a["read_downsample"]),
+        level_downsample=_read_downsample(a),
         slide_mpp=float(a["mpp"]),
         spec=spec,
     )
+
+
+def _read_downsample(a: dict) -> float:
+    """The read level's downsample; slides imported by earlier versions did not record it
+    (level 0: 1; a higher level: the footprint over the tile's pixels)."""
+    if a.get("read_downsample"):
+        return float(a["read_downsample"])
+    return 1.0 if int(a["read_level"]) == 0 else float(a["tile_size0"]) / int(a["tile_px"])
 
 
 @functools.cache
