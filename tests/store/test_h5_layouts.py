@@ -17,7 +17,7 @@ import pytest
 h5py = pytest.importorskip("h5py")
 torch = pytest.importorskip("torch")
 
-from wsimm.errors import ConfigError, StoreError  # noqa: E402
+from wsimm.errors import ConfigError, StoreError, WsimmWarning  # noqa: E402
 from wsimm.store import export_h5, import_h5, open_store  # noqa: E402
 from wsimm.tiling import TileSpec  # noqa: E402
 
@@ -149,3 +149,42 @@ def test_imported_slides_embed_the_same_tiles(tiled, tmp_path, layout):
     assert not rep.failed
     again = open_store(tmp_path / "b.zarr").features(sid, "test_tiny").astype(np.float32)
     assert np.allclose(again, fs.features("pyr", "test_tiny").astype(np.float32), atol=2e-3)
+
+
+def test_tile_names_instead_of_coords(tiled, tmp_path):
+    """KatherLab-style files: ``features`` with tile file names in ``metadata`` (e.g.
+    ``0_0_1_506.jpg``: the last two numbers are the tile's column and row) and the tile size
+    in µm; or names holding level-0 pixels. Both import with the original geometry."""
+    d, fs = tiled
+    a, xy = fs.slide_attrs("pyr"), fs.coords("pyr")
+    feats = fs.features("pyr", "test_tiny").astype(np.float32)
+    step = a["stride0"]  # 256 level-0 px = 64 µm
+    grid = [f"0_0_{x // step:.0f}_{y // step:.0f}.jpg".encode() for x, y in xy]
+    with h5py.File(tmp_path / "pyr.h5", "w") as h:
+        h["features"] = feats
+        h["metadata"] = grid
+        h.attrs.update({"tile_size_um": 64.0, "tile_size_px": 64})
+    with pytest.warns(WsimmWarning, match="grid indices x 64 µm"):
+        (sid,) = import_h5(tmp_path / "pyr.h5", tmp_path / "g.zarr", encoder="e",
+                           slides_dir=d / "slides")  # fmt: skip
+    g = open_store(tmp_path / "g.zarr")
+    _same_geometry(a, g.slide_attrs(sid))
+    assert np.abs(g.coords(sid) - xy).max() <= 1
+
+    px = tmp_path / "px"
+    px.mkdir()
+    with h5py.File(px / "pyr.h5", "w") as h:
+        h["features"] = feats
+        h["tile_names"] = [f"pyr_({x},{y}).png" for x, y in xy]
+        h.attrs.update({"patch_size": 64, "patch_size_level0": 256})
+    with pytest.warns(WsimmWarning, match="level-0 px"):
+        (sid,) = import_h5(px / "pyr.h5", tmp_path / "p.zarr", encoder="e")
+    b = open_store(tmp_path / "p.zarr")
+    assert np.array_equal(b.coords(sid), xy) and b.slide_attrs(sid)["tile_size0"] == 256
+
+    with h5py.File(px / "bad.h5", "w") as h:
+        h["features"] = feats[:2]
+        h["metadata"] = [b"tile.jpg", b"other.jpg"]
+    with pytest.raises(StoreError, match="no x, y numbers"):
+        import_h5(px / "bad.h5", tmp_path / "x.zarr", encoder="e")
+    assert not (tmp_path / "x.zarr").exists()

@@ -231,21 +231,29 @@ def _import_files(directory, store, encoder, overwrite, slides_dir) -> list[str]
             try:
                 with h5py.File(p, "r") as f:
                     key = "features" if "features" in f else "feats" if "feats" in f else None
-                    if "coords" not in f or key is None:
+                    names_key = next((k for k in _NAME_KEYS if k in f), None)
+                    if key is None or ("coords" not in f and names_key is None):
                         raise StoreError(
-                            f"{p}: needs a 'coords' dataset and 'features' (CLAM, TRIDENT) or "
-                            "'feats' (STAMP)"
+                            f"{p}: needs 'features' (CLAM, TRIDENT) or 'feats' (STAMP) and a "
+                            "'coords' dataset (or tile file names in 'metadata')"
                         )
-                    coords = np.asarray(f["coords"][:], np.float64)
                     feats = np.asarray(f[key][:])
-                    cattrs = {k: _plain(v) for k, v in f["coords"].attrs.items()}
                     rattrs = {k: _plain(v) for k, v in f.attrs.items()}
+                    if "coords" in f:
+                        coords = np.asarray(f["coords"][:], np.float64)
+                        cattrs = {k: _plain(v) for k, v in f["coords"].attrs.items()}
+                    else:
+                        names = [_plain(v) for v in np.asarray(f[names_key][:]).ravel()]
+                        coords, cattrs = None, {**rattrs}
             except StoreError:
                 raise
             except OSError as e:
                 raise StoreError(f"{p}: not a readable h5 file ({e})") from e
             if not any(k in cattrs for k in ("patch_size", "patch_size_level0")):
                 cattrs = {**_sibling_patch_attrs(p, h5py), **cattrs}
+            um = key == "feats" or rattrs.get("unit") == "um" or "tile_size_um" in rattrs
+            if coords is None:
+                coords = _coords_from_names(p, names, names_key, cattrs, um)
             if feats.ndim == 3 and feats.shape[0] == 1:  # some tools keep a batch axis
                 feats = feats[0]
             if len(coords) == 0:
@@ -257,7 +265,7 @@ def _import_files(directory, store, encoder, overwrite, slides_dir) -> list[str]
                 )
             slide = slide_files.get(p.stem) or slide_files.get(sid)
             info = _slide_info(slide) if slide else {}
-            if key == "feats":  # STAMP: micrometres
+            if um:  # STAMP: micrometres
                 coords, cattrs = _stamp_to_pixels(p, coords, rattrs, info)
             coords = np.round(coords).astype(np.int64)
             for k in ("level0_width", "level0_height"):
@@ -298,6 +306,54 @@ def _import_files(directory, store, encoder, overwrite, slides_dir) -> list[str]
             fs.finish_slide(sid)
             done.append(sid)
     return done
+
+
+_NAME_KEYS = ("metadata", "tile_names", "filenames")
+
+
+def _coords_from_names(p: Path, names: list, names_key: str, attrs: dict, um: bool) -> np.ndarray:
+    """Tile positions from tile file names (KatherLab-style files keep e.g. ``0_0_1_506.jpg``
+    in ``metadata`` instead of ``coords``): the last two numbers of each name are x, y. Grid
+    indices (neighbouring tiles one apart on both axes) are scaled by the file's tile size
+    (``tile_size_um``, ``patch_size_level0`` or ``patch_size``); other numbers are taken as
+    pixels (µm in STAMP-style files). The reading is announced as a warning."""
+    import re
+
+    if not names:
+        return np.zeros((0, 2))
+    nums = [re.findall(r"\d+", Path(str(n)).stem) for n in names]
+    bad = next((n for n, v in zip(names, nums, strict=True) if len(v) < 2), None)
+    if bad is not None:
+        raise StoreError(
+            f"{p}: tile name {bad!r} in {names_key!r} holds no x, y numbers; write a 'coords' "
+            "dataset (level-0 pixels, one row per feature row) instead"
+        )
+    xy = np.array([[float(v[-2]), float(v[-1])] for v in nums])
+    steps = [np.diff(np.unique(xy[:, a])) for a in (0, 1)]
+    unit = "µm" if um else "level-0 px"
+    if any(len(s) for s in steps) and all(not len(s) or s.min() == 1 for s in steps):
+        size = attrs.get("tile_size_um") if um else None
+        size = (
+            size
+            or attrs.get("patch_size_level0")
+            or (attrs.get("patch_size") if not attrs.get("patch_level") else None)
+        )
+        if not size:
+            raise StoreError(
+                f"{p}: tile names in {names_key!r} (e.g. {names[0]!r}) give grid positions but "
+                "the file records no tile size (tile_size_um, patch_size_level0 or patch_size)"
+            )
+        xy = xy * float(size)
+        how = f"grid indices x {float(size):g} {unit}"
+    else:
+        how = unit
+    warnings.warn(
+        f"{p}: no 'coords'; tile positions read from the names in {names_key!r} (last two "
+        f"numbers as x, y; {how}), e.g. {names[0]!r} -> {xy[0].tolist()}",
+        WsimmWarning,
+        3,
+    )
+    return xy
 
 
 def _sibling_patch_attrs(p: Path, h5py) -> dict:
