@@ -155,11 +155,13 @@ def _make_masks(
 # textures
 def _periodic_noise(rng: np.random.Generator, n: int, scale_px: float) -> np.ndarray:
     """Periodic smooth noise on an ``n x n`` torus, unit variance, feature size ``scale_px``."""
+    import scipy.fft
+
     f = np.fft.fftfreq(n)
-    k2 = f[:, None] ** 2 + f[None, :] ** 2
-    spectrum = np.exp(-k2 * (math.pi * scale_px) ** 2)
+    g = np.exp(-(f**2) * (math.pi * scale_px) ** 2)  # the Gaussian spectrum is separable
+    spectrum = g[:, None] * g[None, :]
     z = rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))
-    field = np.fft.ifft2(z * spectrum).real
+    field = scipy.fft.ifft2(z * spectrum, workers=-1).real
     field -= field.mean()
     return (field / (field.std() + 1e-9)).astype(np.float32)
 
@@ -210,7 +212,36 @@ def _render_atlas(
 
 @functools.lru_cache(maxsize=4)
 def _level0_atlases(mpp: float) -> tuple[np.ndarray, np.ndarray]:
-    """Stroma and tumour textures at ``mpp``; a fixed texture seed, so they are cached."""
+    """Stroma and tumour textures at ``mpp``; a fixed texture seed, so they are cached, in
+    memory and on disk (``$WSIMM_CACHE``, else ``~/.cache/wsimm``): rendering takes ~4 s, and
+    every process that writes synthetic slides (tests, examples, the demo) needs them."""
+    import hashlib
+    import inspect
+
+    key = hashlib.sha1(
+        "".join(
+            inspect.getsource(f) for f in (_periodic_noise, _render_atlas, _render_atlases)
+        ).encode()
+    ).hexdigest()[:12]
+    cache = Path(os.environ.get("WSIMM_CACHE") or Path.home() / ".cache" / "wsimm")
+    path = cache / f"atlas-{mpp:.6g}-{_ATLAS_PX}-{key}.npz"
+    try:
+        with np.load(path) as z:
+            return z["stroma"], z["tumour"]
+    except (OSError, KeyError, ValueError):
+        pass
+    stroma, tumour = _render_atlases(mpp)
+    try:  # best effort: a read-only home only costs the render next time
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, stroma=stroma, tumour=tumour)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return stroma, tumour
+
+
+def _render_atlases(mpp: float) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(20240611)
     stroma = _render_atlas(
         rng, _ATLAS_PX, mpp, cytoplasm=(232, 165, 198), nucleus=(92, 58, 140),
