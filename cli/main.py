@@ -732,7 +732,10 @@ def heatmap(
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Tiles in the gallery.")] = 8,
     tiff_downsample: Annotated[
         float | None,
-        typer.Option("--tiff-downsample", help="Level-0 px per TIFF px (default: auto)."),
+        typer.Option(
+            "--tiff-downsample",
+            help="Level-0 px per TIFF px (default 1: the slide's own size and µm/px).",
+        ),
     ] = None,
     slides_dir: Annotated[
         Path | None,

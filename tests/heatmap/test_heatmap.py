@@ -168,6 +168,64 @@ def test_overlay_tiff_opens_in_openslide_and_tiffslide(tumour_run):
         o.close()
 
 
+def test_default_overlay_tiff_is_the_slide_at_level_zero(tumour_run):
+    """By default the TIFF's level 0 is the slide's level 0: same size, same µm/px, classic
+    TIFF; every pixel equals the score field rendered directly at full resolution."""
+    import tifffile
+
+    d, _ = tumour_run
+    ts = tile_scores(d / "run", d / "s.zarr", "S02")
+    files = export(ts, d / "full", "tiff")
+    w0, h0 = ts.dims
+    with open(files["tiff"], "rb") as f:
+        assert f.read(4) == b"II*\x00"
+    with tifffile.TiffFile(files["tiff"]) as tf:
+        page = tf.pages[0]
+        assert (page.imagewidth, page.imagelength) == (w0, h0)
+        xres = page.tags["XResolution"].value
+        assert 1e4 / (xres[0] / xres[1]) == pytest.approx(ts.mpp, rel=1e-6)
+        img = page.asarray()
+    with openslide_or_skip(files["tiff"]) as o:
+        assert o.level_dimensions[0] == (w0, h0)
+    x, y = (ts.coords[np.argmax(ts.scores["attention"])] + ts.tile_size0 / 2).astype(int)
+    assert img[y, x, 3] == 255
+
+
+def openslide_or_skip(path):
+    openslide = pytest.importorskip("openslide")
+    return openslide.OpenSlide(str(path))
+
+
+def test_uniform_tiles_equal_rendered_ones(tmp_path):
+    """The TIFF writer skips rendering uniform tiles; its pixels must equal the field rendered
+    and coloured directly, with overlapping tiles, a partial tissue mask, tiles crossing the
+    TIFF's tile edges and empty areas."""
+    import tifffile
+
+    from wsimm.heatmap import colorize, write_overlay_tiff
+
+    rng = np.random.default_rng(3)
+    xy = np.array([(x, y) for y in range(0, 1100, 512) for x in range(0, 1800, 512)], float)
+    xy = np.vstack([xy, [[300, 300], [1300, 1200]]])  # one overlapping, one crossing tile edges
+    vals = rng.random(len(xy))
+    mask = np.ones((50, 60), bool)
+    mask[10:25, 30:44] = False
+    field = ScoreField(xy, 512.0, vals, tissue=mask, tissue_downsample=32)
+    fast = [
+        field.uniform(x, y, 256, 256, 1.0) for y in range(0, 1600, 256) for x in range(0, 1900, 256)
+    ]
+    values = [u for u in fast if u is not None and not np.isnan(u)]
+    assert len(values) >= 10 and fast.count(None) >= 5  # both paths are taken
+    for ds in (1.0, 3.0):
+        sizes = write_overlay_tiff(field, tmp_path / "u.tiff", dims=(1900, 1600), mpp=0.5,
+                                   downsample=ds)  # fmt: skip
+        with tifffile.TiffFile(tmp_path / "u.tiff") as tf:
+            for page, (w, h) in zip(tf.pages, sizes, strict=True):
+                sx, sy = 1900 / w, 1600 / h
+                want = colorize(field.region(0, 0, w, h, (sx, sy)))
+                assert np.array_equal(page.asarray(), want), (ds, w, h)
+
+
 def test_overlay_tiff_spans_the_slide_extent_exactly(tmp_path):
     """Level 0 of the overlay covers the slide's extent to the pixel on each axis (QuPath
     stretches an overlay over the slide), and a small pyramid is a classic TIFF."""

@@ -117,11 +117,6 @@ def _field(ts: TileScores, view: _View) -> ScoreField:
     )
 
 
-def auto_tiff_downsample(ts: TileScores) -> float:
-    """A power of two that gives each tile about 16 output pixels (at least 1)."""
-    return float(2 ** max(0, math.floor(math.log2(max(ts.tile_size0 / 16, 1.0)))))
-
-
 def render(
     ts: TileScores,
     *,
@@ -389,7 +384,8 @@ def export(
     smooth
         Gaussian smoothing of the scores over the tile grid, in tiles (0: none).
     tiff_downsample
-        Level-0 pixels per TIFF pixel (default: a power of two giving a tile ~16 px).
+        Level-0 pixels per TIFF pixel (default 1: the TIFF's level 0 is the slide's level 0,
+        same size and µm/px).
     """
     fmts = parse_formats(formats)
     if not 0 <= alpha <= 1:
@@ -418,7 +414,7 @@ def export(
         if "png" in fmts:
             files["png"] = write_png(ts, view, d / f"{stem}.png", slide, alpha=alpha, max_px=max_px)
         if "tiff" in fmts:
-            ds = float(tiff_downsample or auto_tiff_downsample(ts))
+            ds = 1.0 if tiff_downsample is None else float(tiff_downsample)
             if ds <= 0:
                 raise ConfigError(f"--tiff-downsample {ds} must be positive")
             desc = json.dumps(

@@ -7,8 +7,10 @@ chunks: memory grows with the number of tiles and the chunk, never with the slid
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,43 @@ class ScoreField:
         self.tissue = tissue
         self.tissue_ds = float(tissue_downsample)
 
+    def _band(self, x0: float, y0: float, w: int, h: int, dsx: float, dsy: float) -> np.ndarray:
+        """Indices of the tiles that reach into the rectangle (the y-sorted band first)."""
+        s = self.size0
+        lo = int(np.searchsorted(self.y, y0 - s, side="right"))
+        hi = int(np.searchsorted(self.y, y0 + h * dsy, side="left"))
+        bx = self.x[lo:hi]
+        return np.arange(lo, hi)[(bx < x0 + w * dsx) & (bx + s > x0) & (self.y[lo:hi] + s > y0)]
+
+    def uniform(
+        self, x0: float, y0: float, w: int, h: int, ds: float | tuple[float, float]
+    ) -> float | None:
+        """The value every pixel of :meth:`region` would take when the rectangle is uniform
+        without rendering it: ``NaN`` where no tile reaches it, a tile's score where that one
+        tile covers every pixel centre and the tissue mask holds them all; ``None`` otherwise
+        (render it). A full-resolution overlay is mostly such rectangles."""
+        dsx, dsy = (float(ds), float(ds)) if np.isscalar(ds) else (float(ds[0]), float(ds[1]))  # type: ignore[index]
+        sel = self._band(x0, y0, w, h, dsx, dsy)
+        if len(sel) == 0:
+            return float("nan")
+        if len(sel) > 1:
+            return None
+        (k,) = sel
+        s = self.size0
+        px0, px1 = x0 + 0.5 * dsx, x0 + (w - 0.5) * dsx  # first and last pixel centres
+        py0, py1 = y0 + 0.5 * dsy, y0 + (h - 0.5) * dsy
+        if not (
+            self.x[k] <= px0 and px1 < self.x[k] + s and self.y[k] <= py0 and py1 < self.y[k] + s
+        ):
+            return None
+        if self.tissue is not None:
+            mh, mw = self.tissue.shape
+            cx0, cx1 = int(px0 / self.tissue_ds), int(px1 / self.tissue_ds)
+            cy0, cy1 = int(py0 / self.tissue_ds), int(py1 / self.tissue_ds)
+            if cx1 >= mw or cy1 >= mh or not self.tissue[cy0 : cy1 + 1, cx0 : cx1 + 1].all():
+                return None
+        return float(np.float32(self.values[k]))
+
     def region(
         self, x0: float, y0: float, w: int, h: int, ds: float | tuple[float, float]
     ) -> np.ndarray:
@@ -79,11 +118,7 @@ class ScoreField:
         downsample or ``(dsx, dsy)``)."""
         dsx, dsy = (float(ds), float(ds)) if np.isscalar(ds) else (float(ds[0]), float(ds[1]))  # type: ignore[index]
         s = self.size0
-        lo = int(np.searchsorted(self.y, y0 - s, side="right"))
-        hi = int(np.searchsorted(self.y, y0 + h * dsy, side="left"))
-        band = np.arange(lo, hi)
-        bx = self.x[lo:hi]
-        sel = band[(bx < x0 + w * dsx) & (bx + s > x0) & (self.y[lo:hi] + s > y0)]
+        sel = self._band(x0, y0, w, h, dsx, dsy)
         num = np.zeros((h, w), np.float64)
         cnt = np.zeros((h, w), np.float32)
         if len(sel):
@@ -123,6 +158,7 @@ class ScoreField:
         return out
 
 
+@functools.lru_cache(maxsize=32)
 def _lut(cmap: str) -> np.ndarray:
     import matplotlib
 
@@ -144,23 +180,40 @@ def colorize(
     alpha: float = 1.0,
 ) -> np.ndarray:
     """``(h, w, 4)`` uint8 RGBA: the colour map over ``[vmin, vmax]``, transparent at NaN."""
-    lut = _lut(cmap)
     v = np.asarray(values, np.float32)
-    ok = np.isfinite(v)
     span = vmax - vmin if vmax > vmin else 1.0
-    idx = np.clip(np.nan_to_num((v - vmin) / span * 255.0, nan=0.0), 0, 255).astype(np.uint8)
-    out = np.zeros((*v.shape, 4), np.uint8)
-    out[..., :3] = lut[idx]
-    out[..., 3] = np.where(ok, round(255 * alpha), 0).astype(np.uint8)
-    return out
+    idx = np.clip(np.nan_to_num((v - vmin) / span * 255.0, nan=0.0), 0, 255).astype(np.uint16)
+    idx[~np.isfinite(v)] += 256  # the transparent half of the table
+    return _rgba_table(cmap, round(255 * alpha))[idx].view(np.uint8).reshape(*v.shape, 4)
+
+
+@functools.lru_cache(maxsize=32)
+def _rgba_table(cmap: str, alpha: int) -> np.ndarray:
+    """512 RGBA entries as uint32 (one gather per pixel): the map at ``alpha``, then the same
+    colours fully transparent."""
+    t = np.zeros((512, 4), np.uint8)
+    t[:256, :3] = t[256:, :3] = _lut(cmap)
+    t[:256, 3] = alpha
+    return t.view(np.uint32).ravel()
 
 
 def _level_tiles(
     field: ScoreField, ds: tuple[float, float], w: int, h: int, tile: int, colour: dict[str, Any]
-) -> Iterator[np.ndarray]:
+) -> Iterator[bytes]:
+    """The level's tiles, zlib-compressed as the TIFF stores them; a uniform tile (most of a
+    full-resolution overlay) is neither rendered nor compressed again for a value seen before."""
+    seen: dict[bytes, bytes] = {}
     for ty in range(0, h, tile):
         for tx in range(0, w, tile):
-            yield colorize(field.region(tx * ds[0], ty * ds[1], tile, tile, ds), **colour)
+            x0, y0 = tx * ds[0], ty * ds[1]
+            u = field.uniform(x0, y0, tile, tile, ds)
+            if u is None:
+                yield zlib.compress(colorize(field.region(x0, y0, tile, tile, ds), **colour), 6)
+                continue
+            key = np.float32(u).tobytes()
+            if key not in seen:
+                seen[key] = zlib.compress(colorize(np.full((tile, tile), u), **colour), 6)
+            yield seen[key]
 
 
 def write_overlay_tiff(
@@ -184,9 +237,11 @@ def write_overlay_tiff(
     own scale, ``w0 / w`` and ``h0 / h``, written in the resolution tags), so a viewer that
     stretches an overlay over the slide (QuPath) lines it up to the level-0 pixel; further
     levels shrink by 4 until one tile holds the image; NaN (no tissue score) is transparent.
-    Classic TIFF when the pyramid fits in 2 GiB uncompressed, BigTIFF otherwise. Every output
-    tile is rendered on its own. Written to a temporary name and renamed, so a failure leaves
-    no partial file. Returns the level sizes ``(w, h)``.
+    Classic TIFF (QuPath's file check cannot parse BigTIFF headers) unless the compressed
+    file outgrows its 4 GiB offsets, then BigTIFF. Every output tile is rendered on its own;
+    uniform ones (most, at full resolution) are neither rendered nor compressed twice. Written
+    to a temporary name and renamed, so a failure leaves no partial file. Returns the level
+    sizes ``(w, h)``.
     """
     import tifffile
 
@@ -197,30 +252,49 @@ def write_overlay_tiff(
     colour = {"vmin": vmin, "vmax": vmax, "cmap": cmap, "alpha": alpha}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
-    sizes = []
     shapes = [(math.ceil(w0 / ds), math.ceil(h0 / ds)) for ds in levels]
-    big = sum(w * h * 4 for w, h in shapes) > 2**31
     try:
-        with tifffile.TiffWriter(tmp, bigtiff=big) as tw:
-            for i, (lw, lh) in enumerate(shapes):
-                sx, sy = w0 / lw, h0 / lh  # level-0 px per pixel: the slide's extent exactly
-                tw.write(
-                    _level_tiles(field, (sx, sy), lw, lh, tile, colour),
-                    shape=(lh, lw, 4),
-                    dtype=np.uint8,
-                    tile=(tile, tile),
-                    photometric="rgb",
-                    extrasamples=("unassalpha",),
-                    compression="zlib",
-                    resolution=(1e4 / (mpp * sx), 1e4 / (mpp * sy)),
-                    resolutionunit="CENTIMETER",
-                    subfiletype=0 if i == 0 else 1,
-                    description=description if i == 0 else None,
-                    metadata=None,
-                )
-                sizes.append((lw, lh))
+        try:
+            _write_levels(tifffile, tmp, False, field, shapes, dims, mpp, tile, colour, description)
+        except ValueError as e:
+            if "too large" not in str(e):
+                raise
+            _write_levels(tifffile, tmp, True, field, shapes, dims, mpp, tile, colour, description)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return sizes
+    return shapes
+
+
+def _write_levels(
+    tifffile: Any,
+    tmp: Path,
+    big: bool,
+    field: ScoreField,
+    shapes: list[tuple[int, int]],
+    dims: tuple[int, int],
+    mpp: float,
+    tile: int,
+    colour: dict[str, Any],
+    description: str,
+) -> None:
+    """One pass of :func:`write_overlay_tiff`: every level into ``tmp``, BigTIFF or not."""
+    w0, h0 = dims
+    with tifffile.TiffWriter(tmp, bigtiff=big) as tw:
+        for i, (lw, lh) in enumerate(shapes):
+            sx, sy = w0 / lw, h0 / lh  # level-0 px per pixel: the slide's extent exactly
+            tw.write(
+                _level_tiles(field, (sx, sy), lw, lh, tile, colour),
+                shape=(lh, lw, 4),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                photometric="rgb",
+                extrasamples=("unassalpha",),
+                compression="zlib",
+                resolution=(1e4 / (mpp * sx), 1e4 / (mpp * sy)),
+                resolutionunit="CENTIMETER",
+                subfiletype=0 if i == 0 else 1,
+                description=description if i == 0 else None,
+                metadata=None,
+            )
