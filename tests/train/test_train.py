@@ -350,29 +350,3 @@ def test_fold_saved_before_bag_norm_loads_and_predicts_the_same(tmp_path):
     assert fm.model.bag_norm is None
     x = torch.randn(30, 8)
     assert torch.equal(fm.model(x).logits, old(x).logits)
-
-
-def test_cpu_threads_follow_the_bag_size(small_grade, tmp_path):
-    """Small bags (width x median tiles < SMALL_BAGS) train on one CPU thread, big ones on
-    torch's default, --threads wins over both; torch's setting is restored afterwards."""
-    import torch
-
-    from wsimm.train._run import SMALL_BAGS
-
-    _, store, labels = small_grade
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        res = _run(store, labels, tmp_path / "small", task="grade", epochs=1)
-        assert res.metrics["threads"] == 1 and torch.get_num_threads() == 2
-        res = _run(store, labels, tmp_path / "three", task="grade", epochs=1, threads=3)
-        assert res.metrics["threads"] == 3 and torch.get_num_threads() == 2
-        big = make_mil_cohort(9, task="grade", seed=1, feature_dim=1024, tiles_per_slide=(70, 90))
-        assert SMALL_BAGS <= 1024 * 70
-        bags_to_store(big.bags, tmp_path / "big.zarr")
-        big.labels.to_csv(tmp_path / "big.csv", index=False)
-        res = _run(tmp_path / "big.zarr", tmp_path / "big.csv", tmp_path / "big", task="grade",
-                   epochs=1)  # fmt: skip
-        assert res.metrics["threads"] == 2
-    finally:
-        torch.set_num_threads(before)

@@ -102,12 +102,6 @@ class BagSource:
             self._cache = {}
         self._lock = threading.Lock()
 
-    def median_tiles(self) -> float:
-        """The median number of tiles per slide (from the store's attributes, no features
-        read)."""
-        n = [int(self.fs.slide_attrs(s).get("n_tiles", 0)) for v in self.slides.values() for s in v]
-        return float(np.median(n)) if n else 0.0
-
     def _fits_in_memory(self, slides: list[str]) -> bool:
         import psutil
 

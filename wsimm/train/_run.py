@@ -89,24 +89,16 @@ def train(
         raise
 
 
-#: feature width x median tiles per slide below which a CPU run trains on one thread
-SMALL_BAGS = 1 << 16
-
-
 @contextlib.contextmanager
-def _threads(cfg: TrainConfig, source: BagSource | None = None) -> Iterator[None]:
+def _threads(cfg: TrainConfig) -> Iterator[None]:
     """torch's CPU threads for the run: ``cfg.threads`` when set; otherwise one for a run
     without slides (omics and clinical networks are too small to share out: on TCGA BLCA two
     threads cost 217 s of CPU for the 133 s that one thread does in 137 s, with the same
-    results) or with small bags (width x median tiles < :data:`SMALL_BAGS`: 32-d features of
-    40-80 tiles, graph fusion with four baselines, 3 folds: 69 s wall / 70 s CPU on one thread,
-    79 s / 120 s on two, same results), and torch's default otherwise (1,024-d features of
-    2,000 tiles: an ABMIL step 1.46x faster on two threads). Restored afterwards."""
+    results), and torch's default with slides. Restored afterwards."""
     import torch
 
     n = cfg.threads
-    small = source is not None and source.dim * source.median_tiles() < SMALL_BAGS
-    if n is None and not str(cfg.device).startswith("cuda") and (not cfg.store or small):
+    if n is None and not cfg.store and not str(cfg.device).startswith("cuda"):
         n = 1
     prev = torch.get_num_threads()
     if n is not None:
@@ -149,8 +141,7 @@ def _train(cfg: TrainConfig, out: Path, *, quiet: bool, t0: float) -> RunResult:
 
     job, device, opened = setup(resolve_device(cfg.device))
     try:
-        with _threads(cfg, source):
-            res = _cross_validate(cfg, ex, source, fd, job, device, quiet=quiet, t0=t0)
+        res = _cross_validate(cfg, ex, source, fd, job, device, quiet=quiet, t0=t0)
     except BaseException:
         teardown(opened, wait=False)  # torchrun stops the other ranks
         raise
