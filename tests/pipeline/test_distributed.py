@@ -29,6 +29,15 @@ def twenty_slides(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def reference(twenty_slides, tmp_path_factory):
+    """The twenty slides tiled by one plain in-process run: what every other run must equal."""
+    ref = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    rep = tile_slides([twenty_slides], ref, spec=SPEC, workers=1, quiet=True, encoder="test_tiny")
+    assert not rep.failed and len(rep.results) == 20
+    return _snapshot(ref)
+
+
 def _snapshot(path):
     fs = open_store(path)
     return {
@@ -44,12 +53,8 @@ def _same(a, b):
 
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
-def test_killed_worker_loses_and_duplicates_nothing(twenty_slides, tmp_path):
+def test_killed_worker_loses_and_duplicates_nothing(twenty_slides, reference, tmp_path):
     from distributed import Client, LocalCluster
-
-    ref = tmp_path / "ref.zarr"
-    rep = tile_slides([twenty_slides], ref, spec=SPEC, workers=1, quiet=True, encoder="test_tiny")
-    assert not rep.failed and len(rep.results) == 20
 
     store = tmp_path / "dist.zarr"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -90,11 +95,11 @@ def test_killed_worker_loses_and_duplicates_nothing(twenty_slides, tmp_path):
     rep = out["rep"]
     assert not rep.failed, [r.error for r in rep.failed]
     assert sorted(r.slide_id for r in rep.results) == sorted(f"s{i:02d}" for i in range(20))
-    _same(_snapshot(ref), _snapshot(store))
-    assert sorted(open_store(store).all_slide_ids()) == sorted(_snapshot(ref))
+    _same(reference, _snapshot(store))
+    assert sorted(open_store(store).all_slide_ids()) == sorted(reference)
 
 
-def test_two_concurrent_tile_runs_on_one_store(twenty_slides, tmp_path):
+def test_two_concurrent_tile_runs_on_one_store(twenty_slides, reference, tmp_path):
     store = tmp_path / "race.zarr"
     cmd = [sys.executable, "-m", "wsimm_cli.main", "tile", str(twenty_slides), "--store",
            str(store), "--mpp", "0.5", "--tile-px", "64", "--overlap", "0.5", "--workers", "1",
@@ -114,6 +119,4 @@ def test_two_concurrent_tile_runs_on_one_store(twenty_slides, tmp_path):
     # whatever the interleaving, the store is whole and a rerun has nothing left to do
     rep = tile_slides([twenty_slides], store, spec=SPEC, workers=1, quiet=True, encoder="test_tiny")
     assert {r.status for r in rep.results} == {"skipped"}
-    ref = tmp_path / "ref.zarr"
-    tile_slides([twenty_slides], ref, spec=SPEC, workers=1, quiet=True, encoder="test_tiny")
-    _same(_snapshot(ref), _snapshot(store))
+    _same(reference, _snapshot(store))
