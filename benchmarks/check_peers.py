@@ -92,6 +92,7 @@ def wsimm_to_peers(name: str, mpp: float, px: int) -> None:
     clam_checks(base / "clam", sid, name, coords, feats, size0, a, tag)
     trident_checks(base / "trident", sid, name, coords, feats, size0, tag)
     stamp_checks(base / "stamp", sid, coords, feats, size0, a, tag)
+    squidpy_checks(store, tag)
 
 
 def clam_checks(out: Path, sid, name, coords, feats, size0, a, tag) -> None:
@@ -205,6 +206,43 @@ def stamp_checks(out: Path, sid, coords, feats, size0, a, tag) -> None:
     )
 
 
+def squidpy_checks(store: Path, tag: str) -> None:
+    """squidpy on wsimm's tile AnnData: grid neighbours, Moran's I, and the spots of
+    ``spatial_scatter`` on the tile centres of the slide image (Visium's convention)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import squidpy as sq
+    except ImportError:
+        print(f"skip squidpy checks ({tag}): squidpy is not installed")
+        return
+    import matplotlib.pyplot as plt
+
+    from wsimm.io import to_anndata
+    from wsimm.store import open_store
+
+    fs = open_store(store)
+    sid = fs.slides()[0]
+    half = fs.slide_attrs(sid)["tile_size0"] / 2
+    a = to_anndata(store, sid)
+    sq.gr.spatial_neighbors(a, coord_type="grid", n_neighs=4)
+    sq.gr.spatial_autocorr(a, mode="moran", genes=list(a.var_names[:3]))
+    fig, ax = plt.subplots()
+    sq.pl.spatial_scatter(a, color=a.var_names[0], library_id=sid, img_res_key="hires",
+                          shape=None, size=4, ax=ax)  # fmt: skip
+    drawn = np.asarray(ax.collections[0].get_offsets())  # the spots, in image pixels
+    plt.close(fig)
+    sf = a.uns["spatial"][sid]["scalefactors"]["tissue_hires_scalef"]
+    corners = a.obs[["x", "y"]].to_numpy()
+    to_centre = min_corner_error(drawn, (corners + half) * sf)
+    to_corner = min_corner_error(drawn, corners * sf)
+    check(to_centre < 0.5 and "moranI" in a.uns,
+          f"wsimm -> squidpy {sq.__version__} spatial_scatter / neighbours / Moran's I, {tag}",
+          f"spots within {to_centre:.3f} image px of the tile centres ({to_corner:.2f} from the "
+          f"corners, half a tile {half * sf:.2f})")  # fmt: skip
+
+
 # ---------------------------------------------------------------- peers -> wsimm
 def demo_run() -> Path:
     d = WORK / "demo"
@@ -293,6 +331,7 @@ def trident_to_wsimm(name: str) -> None:
         coords, feats = f["coords"][:], f["features"][:]
         size0 = float(f["coords"].attrs["patch_size_level0"])
     into_wsimm(Path(fpath), sid, name, base, size0, coords, feats, "TRIDENT")
+    squidpy_checks(base / "imported.zarr", f"TRIDENT import of {name}")
 
 
 def scratch(prefix: str, name: str) -> tuple[str, Path, Path]:
