@@ -218,11 +218,13 @@ def _level0_atlases(mpp: float) -> tuple[np.ndarray, np.ndarray]:
     import hashlib
     import inspect
 
-    key = hashlib.sha1(
-        "".join(
+    try:
+        src = "".join(
             inspect.getsource(f) for f in (_periodic_noise, _render_atlas, _render_atlases)
-        ).encode()
-    ).hexdigest()[:12]
+        )
+    except (OSError, TypeError):  # no source to key the cache by: render every time
+        return _render_atlases(mpp)
+    key = hashlib.sha1(src.encode()).hexdigest()[:12]
     cache = Path(os.environ.get("WSIMM_CACHE") or Path.home() / ".cache" / "wsimm")
     path = cache / f"atlas-{mpp:.6g}-{_ATLAS_PX}-{key}.npz"
     try:
