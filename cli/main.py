@@ -326,11 +326,12 @@ def export_h5_cmd(
             "(<mag>x_<px>px_<overlap>px_overlap/ tree) or stamp (feats + coords in µm).",
         ),
     ] = "wsimm",
+    quiet: Quiet = False,
 ) -> None:
     """Write each slide's coords and features as h5 files CLAM, TRIDENT or STAMP read."""
     from wsimm.store import export_h5
 
-    files = export_h5(store, out, encoder=encoder, layout=layout)
+    files = export_h5(store, out, encoder=encoder, layout=layout, quiet=quiet)
     typer.echo(f"wrote {len(files)} files ({layout} layout) to {out}")
 
 
@@ -351,11 +352,14 @@ def import_h5_cmd(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace slides.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Bring CLAM, TRIDENT or STAMP h5 features into a store."""
     from wsimm.store import import_h5
 
-    ids = import_h5(directory, store, encoder=encoder, overwrite=overwrite, slides_dir=slides_dir)
+    ids = import_h5(
+        directory, store, encoder=encoder, overwrite=overwrite, slides_dir=slides_dir, quiet=quiet
+    )
     typer.echo(f"imported {len(ids)} slides into {store}")
 
 

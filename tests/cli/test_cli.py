@@ -235,3 +235,26 @@ def test_train_help_shows_every_default_and_what_is_required(tmp_path):
         args.pop(missing)
         r = runner.invoke(app, ["train", *[x for kv in args.items() for x in kv]])
         assert r.exit_code == 1 and f"{missing} " in r.output and "is required" in r.output
+
+
+def test_h5_commands_show_progress_unless_quiet(tmp_path):
+    """export-h5 and import-h5 draw a progress bar on stderr; --quiet leaves only the
+    summary line on stdout."""
+    pytest.importorskip("h5py")
+    from wsimm.testing import bags_to_store, make_mil_cohort
+
+    c = make_mil_cohort(4, task="grade", seed=2, feature_dim=8, tiles_per_slide=(5, 9))
+    bags_to_store(c.bags, tmp_path / "s.zarr")
+    runs = {}
+    for quiet in ([], ["--quiet"]):
+        out = tmp_path / f"h5{len(quiet)}"
+        e = subprocess.run(["wsimm", "export-h5", str(tmp_path / "s.zarr"), "--out", str(out),
+                            *quiet], capture_output=True, text=True)  # fmt: skip
+        i = subprocess.run(["wsimm", "import-h5", str(out), "--store", str(out / "b.zarr"),
+                            "--encoder", "e", *quiet], capture_output=True, text=True)  # fmt: skip
+        assert e.returncode == 0 and i.returncode == 0, e.stderr + i.stderr
+        runs[bool(quiet)] = (e, i)
+    for r in runs[False]:
+        assert "h5" in r.stderr and f"{len(c.bags)}/{len(c.bags)}" in r.stderr
+    for r in runs[True]:
+        assert r.stderr == "" and len(r.stdout.strip().splitlines()) == 1

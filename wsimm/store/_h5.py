@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from wsimm._progress import progress
 from wsimm.errors import ConfigError, MissingDependencyError, StoreError, WsimmWarning
 
 __all__ = ["export_h5", "import_h5"]
@@ -92,6 +94,7 @@ def export_h5(
     encoder: str | None = None,
     slides: list[str] | None = None,
     layout: str = "wsimm",
+    quiet: bool = False,
 ) -> list[Path]:
     """Write each complete slide's tiles and features as h5 files other tools read.
 
@@ -121,50 +124,61 @@ def export_h5(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for sid in slides or fs.slides():
-        a = fs.slide_attrs(sid)
-        coords = fs.coords(sid)
-        encs = fs.encoders(sid)
-        if encoder and encoder not in encs:
-            raise StoreError(f"{fs.path}: slide {sid!r} has no {encoder!r} features (has {encs})")
-        enc = encoder or (encs[0] if len(encs) == 1 else None)
-        if enc is None and layout != "wsimm":
+    ids = slides or fs.slides()
+    with progress(quiet=quiet) as bar:
+        task = bar.add_task("export-h5", total=len(ids), rate="")
+        for sid in ids:
+            written += _export_slide(fs, sid, out_dir, encoder, layout)
+            bar.advance(task)
+    return written
+
+
+def _export_slide(fs: Any, sid: str, out_dir: Path, encoder: str | None, layout: str) -> list[Path]:
+    """One slide's files in ``layout``."""
+    written: list[Path] = []
+    a = fs.slide_attrs(sid)
+    coords = fs.coords(sid)
+    encs = fs.encoders(sid)
+    if encoder and encoder not in encs:
+        raise StoreError(f"{fs.path}: slide {sid!r} has no {encoder!r} features (has {encs})")
+    enc = encoder or (encs[0] if len(encs) == 1 else None)
+    if enc is None and layout != "wsimm":
+        raise StoreError(
+            f"{fs.path}: slide {sid!r} has {encs if encs else 'no features'}; "
+            f"--layout {layout} needs one encoder's features (pass --encoder)"
+        )
+    feats = fs.features(sid, enc).astype(np.float32) if enc is not None else None
+    attrs = _coords_attrs(sid, a)
+    if layout == "wsimm":
+        data = {"coords": coords, **({"features": feats} if feats is not None else {})}
+        written.append(_write_h5(out_dir / f"{sid}.h5", data, attrs))
+        if feats is not None:
+            _tag_encoder(written[-1], enc)
+    elif layout == "clam":
+        cattrs = _clam_attrs(sid, a, out_dir / "patches")
+        written.append(_write_h5(out_dir / "patches" / f"{sid}.h5", {"coords": coords},
+                                 cattrs))  # fmt: skip
+        written.append(_write_h5(out_dir / "h5_files" / f"{sid}.h5",
+                                 {"features": feats, "coords": coords}, cattrs))  # fmt: skip
+        written.append(_write_pt(out_dir / "pt_files" / f"{sid}.pt", feats))
+    elif layout == "trident":
+        mag = attrs["target_magnification"]
+        run = out_dir / f"{mag:g}x_{attrs['patch_size']}px_{attrs['overlap']}px_overlap"
+        written.append(_write_h5(run / "patches" / f"{sid}_patches.h5", {"coords": coords},
+                                 attrs))  # fmt: skip
+        written.append(_write_h5(run / f"features_{enc}" / f"{sid}.h5",
+                                 {"features": feats, "coords": coords}, attrs))  # fmt: skip
+    else:  # stamp
+        mpp0 = float(a.get("mpp", 0.0) or 0.0)
+        if not mpp0:
             raise StoreError(
-                f"{fs.path}: slide {sid!r} has {encs if encs else 'no features'}; "
-                f"--layout {layout} needs one encoder's features (pass --encoder)"
+                f"{fs.path}: slide {sid!r} has no µm/px; STAMP files need coordinates in µm"
             )
-        feats = fs.features(sid, enc).astype(np.float32) if enc is not None else None
-        attrs = _coords_attrs(sid, a)
-        if layout == "wsimm":
-            data = {"coords": coords, **({"features": feats} if feats is not None else {})}
-            written.append(_write_h5(out_dir / f"{sid}.h5", data, attrs))
-            if feats is not None:
-                _tag_encoder(written[-1], enc)
-        elif layout == "clam":
-            cattrs = _clam_attrs(sid, a, out_dir / "patches")
-            written.append(_write_h5(out_dir / "patches" / f"{sid}.h5", {"coords": coords},
-                                     cattrs))  # fmt: skip
-            written.append(_write_h5(out_dir / "h5_files" / f"{sid}.h5",
-                                     {"features": feats, "coords": coords}, cattrs))  # fmt: skip
-            written.append(_write_pt(out_dir / "pt_files" / f"{sid}.pt", feats))
-        elif layout == "trident":
-            mag = attrs["target_magnification"]
-            run = out_dir / f"{mag:g}x_{attrs['patch_size']}px_{attrs['overlap']}px_overlap"
-            written.append(_write_h5(run / "patches" / f"{sid}_patches.h5", {"coords": coords},
-                                     attrs))  # fmt: skip
-            written.append(_write_h5(run / f"features_{enc}" / f"{sid}.h5",
-                                     {"features": feats, "coords": coords}, attrs))  # fmt: skip
-        else:  # stamp
-            mpp0 = float(a.get("mpp", 0.0) or 0.0)
-            if not mpp0:
-                raise StoreError(
-                    f"{fs.path}: slide {sid!r} has no µm/px; STAMP files need coordinates in µm"
-                )
-            size_um = float(a["tile_size0"]) * mpp0
-            root = {"unit": "um", "tile_size_um": size_um, "tile_size_px": int(a["tile_px"]),
-                    "extractor": str(enc), "feat_type": "tile", "wsimm_slide_id": sid}  # fmt: skip
-            data = {"feats": feats, "coords": (coords * mpp0).astype(np.float32)}
-            written.append(_write_h5(out_dir / f"{sid}.h5", data, {}, root))
+        size_um = float(a["tile_size0"]) * mpp0
+        root = {"unit": "um", "tile_size_um": size_um, "tile_size_px": int(a["tile_px"]),
+                "extractor": str(enc), "feat_type": "tile", "wsimm_slide_id": sid}  # fmt: skip
+        data = {"feats": feats, "coords": (coords * mpp0).astype(np.float32)}
+        written.append(_write_h5(out_dir / f"{sid}.h5", data, {}, root))
     return written
 
 
@@ -192,6 +206,7 @@ def import_h5(
     encoder: str,
     overwrite: bool = False,
     slides_dir: str | os.PathLike[str] | None = None,
+    quiet: bool = False,
 ) -> list[str]:
     """Bring h5 feature files into a store as complete slides with features under ``encoder``
     (``directory`` is a folder of them or one file); returns the slide ids written.
@@ -205,10 +220,10 @@ def import_h5(
     from wsimm.store._store import discard_if_left_empty
 
     with discard_if_left_empty(store):  # a file refused: no empty store left behind
-        return _import_files(directory, store, encoder, overwrite, slides_dir)
+        return _import_files(directory, store, encoder, overwrite, slides_dir, quiet)
 
 
-def _import_files(directory, store, encoder, overwrite, slides_dir) -> list[str]:
+def _import_files(directory, store, encoder, overwrite, slides_dir, quiet) -> list[str]:
     from wsimm.store._store import open_store, sanitize_slide_id
 
     h5py = _h5py()
@@ -221,8 +236,10 @@ def _import_files(directory, store, encoder, overwrite, slides_dir) -> list[str]
     slide_files = _slide_files(slides_dir)
     fs = open_store(store, "a")
     done = []
-    with fs.lock():
+    with fs.lock(), progress(quiet=quiet) as bar:
+        task = bar.add_task("import-h5", total=len(files), rate="")
         for p in files:
+            bar.advance(task)
             sid = sanitize_slide_id(p.stem)
             if sid in fs and not overwrite:
                 raise StoreError(
