@@ -63,7 +63,9 @@ def clam_inputs(c, splits: pd.DataFrame, d: Path) -> None:
         )
 
 
-def run_clam(clam: Path, d: Path, args, seed: int, folds: int) -> tuple[list[float], float]:
+def run_clam(
+    clam: Path, d: Path, args, seed: int, folds: int, dim: int
+) -> tuple[list[float], float]:
     csv = clam / "dataset_csv" / "tumor_vs_normal_dummy_clean.csv"
     backup = csv.read_bytes() if csv.exists() else None
     shutil.copy(d / "dataset.csv", csv)
@@ -72,7 +74,7 @@ def run_clam(clam: Path, d: Path, args, seed: int, folds: int) -> tuple[list[flo
         cmd = [sys.executable, "main.py", "--task", "task_1_tumor_vs_normal",
                "--data_root_dir", str(d), "--split_dir", str(d / "splits"),
                "--results_dir", str(d / "results"), "--exp_code", "wsimm", "--k", str(folds),
-               "--embed_dim", str(args.dim), "--max_epochs", str(args.epochs),
+               "--embed_dim", str(dim), "--max_epochs", str(args.epochs),
                "--model_type", args.model, "--seed", str(seed), "--drop_out", "0.25",
                "--lr", "2e-4", "--reg", "1e-5", "--bag_loss", "ce"]  # fmt: skip
         if args.no_inst_cluster:
@@ -135,14 +137,14 @@ def main() -> None:
             for fr in args.fractions:
                 for seed in args.seeds:
                     c = cohort(family, s, fr, seed, args.patients, "grade")
-                    args.dim = int(next(iter(c.bags.values())).shape[1])
                     splits = make_splits(c.patients["patient_id"].tolist(),
                                          c.patients["grade"].to_numpy(), folds=args.folds,
                                          val_fraction=0.2, seed=seed)  # fmt: skip
                     with tempfile.TemporaryDirectory() as tmp:
                         d = Path(tmp)
                         clam_inputs(c, splits, d)
-                        aucs, sec = run_clam(clam, d, args, seed, args.folds)
+                        dim = int(next(iter(c.bags.values())).shape[1])
+                        aucs, sec = run_clam(clam, d, args, seed, args.folds, dim)
                     f = np.asarray(aucs)
                     print(f"{family:8s} s={s:<4} f={fr:<5} seed={seed} CLAM {args.model}"
                           f"{'' if args.no_inst_cluster else '+inst'} mean {f.mean():.3f} "

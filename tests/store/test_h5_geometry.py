@@ -92,3 +92,13 @@ def test_store_round_trip_keeps_the_geometry(tmp_path):
         for key in ("tile_px", "tile_size0", "stride0", "mpp", "target_mpp", "level0_dims"):
             assert y[key] == pytest.approx(x[key]), (sid, key)
         assert np.array_equal(a.coords(sid), b.coords(sid))
+
+
+def test_read_downsample_of_slides_imported_before_it_was_recorded():
+    """Stores imported by earlier versions lack ``read_downsample``: tiling's re-reads and
+    the CLAM export derive it the same way (level 0: 1; else footprint / tile pixels)."""
+    from wsimm.store import read_downsample
+
+    assert read_downsample({"read_downsample": 4.0, "read_level": 1}) == 4.0
+    assert read_downsample({"read_level": 0, "tile_size0": 512, "tile_px": 256}) == 1.0
+    assert read_downsample({"read_level": 1, "tile_size0": 1024.0, "tile_px": 256}) == 4.0

@@ -10,6 +10,7 @@ from wsimm.store._store import (
     chunk_rows,
     encoder_id,
     open_store,
+    read_downsample,
     sanitize_slide_id,
     slide_id_from_path,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "export_h5",
     "import_h5",
     "open_store",
+    "read_downsample",
     "sanitize_slide_id",
     "slide_id_from_path",
 ]

@@ -57,7 +57,9 @@ def _clam_attrs(sid: str, a: dict, save_path: Path) -> dict:
     """CLAM's meanings: ``patch_size`` is the tile's side in pixels of ``patch_level`` (what
     its heatmap code multiplies by ``downsample`` to reach level 0), ``downsample`` and
     ``level_dim`` / ``downsampled_level_dim`` of that level."""
-    ds = float(a.get("read_downsample", 1.0) or 1.0)
+    from wsimm.store._store import read_downsample
+
+    ds = read_downsample(a)
     dims = a.get("level0_dims") or [0, 0]
     level_dim = [round(int(dims[0]) / ds), round(int(dims[1]) / ds)]
     return {

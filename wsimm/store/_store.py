@@ -75,6 +75,17 @@ def chunk_rows(embed_dim: int) -> int:
     return int(min(1024, max(256, (1 << 20) // max(1, 2 * embed_dim))))
 
 
+def read_downsample(attrs: dict[str, Any]) -> float:
+    """The downsample of the pyramid level a slide's tiles are read from, from its store
+    attributes; slides imported by earlier versions did not record it (level 0: 1; a higher
+    level: the footprint over the tile's pixels)."""
+    if attrs.get("read_downsample"):
+        return float(attrs["read_downsample"])
+    if int(attrs.get("read_level", 0)) == 0:
+        return 1.0
+    return float(attrs["tile_size0"]) / int(attrs["tile_px"])
+
+
 def encoder_id(name: str) -> str:
     """The store key of an encoder name: ``timm:resnet18`` -> ``timm-resnet18`` (keys are
     file names on every file system)."""

@@ -330,6 +330,8 @@ def read_tiles(
 def grid_from_store(fs: Any, slide_id: str) -> TileGrid:
     """The :class:`TileGrid` a complete slide of a feature store was tiled with (its
     coordinates, level, read size and spec), so its tiles can be read again exactly."""
+    from wsimm.store import read_downsample
+
     a = fs.slide_attrs(slide_id)
     p = a.get("params", {})
     spec = TileSpec(
@@ -345,18 +347,10 @@ def grid_from_store(fs: Any, slide_id: str) -> TileGrid:
         size0=float(a["tile_size0"]),
         stride0=float(a["stride0"]),
         level=int(a["read_level"]),
-        level_downsample=_read_downsample(a),
+        level_downsample=read_downsample(a),
         slide_mpp=float(a["mpp"]),
         spec=spec,
     )
-
-
-def _read_downsample(a: dict) -> float:
-    """The read level's downsample; slides imported by earlier versions did not record it
-    (level 0: 1; a higher level: the footprint over the tile's pixels)."""
-    if a.get("read_downsample"):
-        return float(a["read_downsample"])
-    return 1.0 if int(a["read_level"]) == 0 else float(a["tile_size0"]) / int(a["tile_px"])
 
 
 @functools.cache
