@@ -159,8 +159,10 @@ def read_gene_groups(path: str | os.PathLike[str]) -> dict[str, list[str]]:
         low = {str(c).lower(): c for c in df.columns}
         gcol = next((low[c] for c in ("group", "set", "pathway") if c in low), None)
         if gcol is not None and "gene" in low:
-            for g, d in df.groupby(gcol, sort=False):
-                groups[str(g)] = d[low["gene"]].dropna().astype(str).tolist()
+            # one row per (group, gene): groups and their genes in sorted order, so that the
+            # table's row order changes nothing
+            for g, d in df.groupby(gcol, sort=True):
+                groups[str(g)] = sorted(d[low["gene"]].dropna().astype(str).unique().tolist())
         else:
             for c in df.columns:
                 groups[str(c)] = df[c].dropna().astype(str).str.strip().tolist()

@@ -202,7 +202,8 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
     tunings: list[pd.DataFrame] = []
     strata_of = dict(zip(ids, strata, strict=True))
     fold_sets = {
-        int(k): {s: d.loc[d["set"] == s, "patient_id"].tolist() for s in ("train", "val", "test")}
+        # sorted: a fold's patients (and so its batches) do not follow the tables' row order
+        int(k): {s: sorted(d.loc[d["set"] == s, "patient_id"]) for s in ("train", "val", "test")}
         for k, d in splits.groupby("fold", sort=True)
     }
     baselines: dict[str, Any] = {}

@@ -39,15 +39,19 @@ def make_splits(
     seed: int,
 ) -> pd.DataFrame:
     """k-fold patient-level splits stratified by ``strata`` (label or event), each training
-    fold with a stratified inner validation set of about ``val_fraction``."""
+    fold with a stratified inner validation set of about ``val_fraction``; the same for any
+    order of ``patient_ids``."""
     n = len(patient_ids)
     if folds > n:
         raise DataError(f"{folds} folds need at least {folds} patients, have {n}")
     rng = np.random.default_rng(seed)
-    strata = np.asarray(strata)
+    # dealt in patient-id order: the same patients get the same folds whatever the row order
+    # of the tables they came from
+    order = np.argsort(np.asarray(patient_ids, dtype=str), kind="stable")
+    strata = np.asarray(strata)[order]
     test_fold = _stratified_folds(strata, folds, rng)
     rows = []
-    ids = np.asarray(patient_ids, dtype=object)
+    ids = np.asarray(patient_ids, dtype=object)[order]
     for k in range(folds):
         tr = np.flatnonzero(test_fold != k)
         n_val_folds = max(2, round(1 / val_fraction))
@@ -137,7 +141,7 @@ def add_validation(
     rng = np.random.default_rng(seed)
     parts = []
     for _k, d in splits.groupby("fold", sort=True):
-        d = d.copy()
+        d = d.sort_values("patient_id", kind="stable")  # not the file's row order
         if not (d["set"] == "val").any():
             tr = np.flatnonzero((d["set"] == "train").to_numpy())
             st = np.asarray([strata.get(p, 0) for p in d["patient_id"].iloc[tr]])

@@ -158,7 +158,9 @@ def load_examples(
             WsimmWarning,
             stacklevel=2,
         )
-    table = df.groupby("patient_id", sort=False)[["slide_id", *cols]].first().reset_index()
+    for p in slides:  # a patient's slides in id order: not the table's row order
+        slides[p].sort()
+    table = df.groupby("patient_id", sort=True)[["slide_id", *cols]].first().reset_index()
     table = table.drop(columns="slide_id")
     dropped = table.loc[~table["patient_id"].isin(slides), "patient_id"].tolist()
     if not slides_required:
