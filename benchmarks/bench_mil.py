@@ -125,6 +125,8 @@ def run_cell(args, family, strength, fraction, seed, work: Path) -> list[dict]:
                 "method": model,
                 "folds": [f[key] for f in m["folds"]],
                 "epochs": [f["best_epoch"] for f in m["folds"]],
+                # > 1: the fold was restarted after a flat start (kept epoch 0)
+                "attempts": [f.get("attempts", 1) for f in m["folds"]],
                 "top10": top,
                 "seconds": time.perf_counter() - t0,
             }
@@ -137,6 +139,7 @@ def run_cell(args, family, strength, fraction, seed, work: Path) -> list[dict]:
             f"mean {f.mean():.3f} min {f.min():.3f}  folds "
             + " ".join(f"{v:.3f}" for v in f)
             + (f"  ep {r['epochs']}" if r["epochs"] else "")
+            + (f"  attempts {r['attempts']}" if max(r.get("attempts") or [1]) > 1 else "")
             + (f"  top10 {r['top10']:.2f}" if r["top10"] is not None else ""),
             flush=True,
         )

@@ -64,6 +64,20 @@ def test_a_network_kept_at_its_first_epoch_is_reported(tmp_path):
     notes = [str(w.message) for w in said if "kept the first epoch" in str(w.message)]
     assert len(notes) == 1 and f"abmil fold(s) {', '.join(map(str, first))}" in notes[0]
     assert stalled_folds(_cfg(1), res.metrics) == {}  # one epoch: nothing to compare
+    # a fold kept at its first epoch was restarted twice first (restarts: 2, the default),
+    # and each fold keeps the attempt with the lowest validation loss
+    assert all(r["attempts"] == 3 for r in res.metrics["folds"] if r["best_epoch"] == 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WsimmWarning)
+        once = train(store=str(tmp_path / "s.zarr"), labels=str(tmp_path / "l.csv"),
+                     task="grade", out=str(tmp_path / "r0"), folds=3, epochs=6, lr=0.05,
+                     quiet=True, seed=0, restarts=0)  # fmt: skip
+    assert [r["attempts"] for r in once.metrics["folds"]] == [1, 1, 1]
+    for r, r0 in zip(res.metrics["folds"], once.metrics["folds"], strict=True):
+        h, h0 = (pd.read_csv(x / f"fold_{r['fold']}" / "history.csv") for x in (res.out, once.out))
+        assert h["val_loss"].min() <= h0["val_loss"].min()
+        if r["attempts"] == 1:  # no restart: the same run
+            assert r == r0
 
 
 def _cfg(epochs):

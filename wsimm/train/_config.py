@@ -47,6 +47,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     epochs: int = 40
     patience: int = 10
+    restarts: int = 2  # MIL runs kept at their first epoch (a flat start) start again
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 8
@@ -109,6 +110,8 @@ class TrainConfig:
             self.clinical_cols = [c.strip() for c in self.clinical_cols.split(",") if c.strip()]
         if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
             raise ConfigError(f"--threads must be a whole number >= 1, got {self.threads!r}")
+        if not isinstance(self.restarts, int) or self.restarts < 0:
+            raise ConfigError(f"restarts must be a whole number >= 0, got {self.restarts!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.n_bins < 1 or self.graph_batch_size < 1:
             raise ConfigError("epochs, batch_size, graph_batch_size and n_bins must be >= 1")
         if self.tune is True:

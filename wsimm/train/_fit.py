@@ -83,6 +83,7 @@ class EpochSelection:
     def __init__(self, patience: int, *, bar=None, task_id=None, label: str = "") -> None:
         self.patience, self.bar, self.task_id, self.label = patience, bar, task_id, label
         self.best_loss, self.best_epoch, self._state = math.inf, -1, None
+        self.attempt = 0  # which initialisation (fit_fold's restarts)
         self.history: list[dict] = []
 
     def end_epoch(
@@ -123,14 +124,12 @@ def fit_fold(
     device: str,
     bar=None,
 ) -> FoldResult:
-    """Train on ``sets['train']``, select the epoch on ``sets['val']``, score ``sets['test']``."""
-    import torch
-
-    from wsimm.mil import create_model
-
+    """Train on ``sets['train']``, select the epoch on ``sets['val']``, score ``sets['test']``.
+    A run whose validation loss is lowest at its first epoch (a flat start: the network did
+    not leave its initial plateau) is restarted from another initialisation up to
+    ``cfg.restarts`` times; the attempt with the lowest validation loss is kept."""
     rows = table.set_index("patient_id")
     tr, va, te = (rows.loc[sets[s]].reset_index() for s in ("train", "val", "test"))
-    per_slide = cfg.multi_slide == "slides"
 
     bins = None
     if cfg.task == "survival":
@@ -147,10 +146,56 @@ def fit_fold(
         n_out = int(table["y"].max()) + 1
 
     job = current()
-    seed = cfg.seed * 1000 + fold
+    norm = FeatureNorm.fit(source, tr["patient_id"].tolist()) if cfg.normalize else None
+    best = None
+    for attempt in range(1 + max(0, cfg.restarts)):
+        got = _attempt(cfg, source, tr, va, fold, attempt, n_out, bins, norm, device, bar, job)
+        if best is None or got[2].best_loss < best[2].best_loss:
+            best = got
+        if got[2].best_epoch > 0 or cfg.epochs == 1:
+            break  # left the flat start: no restart
+    fm, _, sel = best  # type: ignore[misc]
+    fm.meta["attempts"] = attempt + 1
+    fm.meta["restart_kept"] = int(sel.attempt)
+    train_ids = tr["patient_id"].tolist()
+
+    def logits_of(ids: list[str], **kw) -> np.ndarray:
+        (lg,) = job.map_rows(
+            lambda part: fm.outputs(source, part, device=device, workers=cfg.workers, **kw)[:1],
+            ids,
+        )
+        return lg
+
+    if cfg.task == "survival":
+        # the risk-group cut and (Cox) the baseline hazard come from training patients
+        tr_logits = logits_of(train_ids)
+        tr_risk = fm.risk(tr_logits)
+        fm.meta["train_risk_median"] = float(np.median(tr_risk))
+        if bins is None:
+            fm.baseline = breslow(tr_risk, tr["time"].to_numpy(), tr["event"].to_numpy())
+    fm.meta["best_epoch"] = sel.best_epoch
+
+    test_ids = te["patient_id"].tolist()
+    logits = logits_of(test_ids)
+    metrics = _score(fm, te, logits, tr)
+    metrics["attempts"] = fm.meta["attempts"]  # > 1: restarted after a flat start
+    preds = _prediction_rows(fm, te, logits, fold)
+    return FoldResult(
+        fold, fm, metrics, preds, pd.DataFrame(sel.history), sel.best_epoch, train_ids
+    )
+
+
+def _attempt(cfg, source, tr, va, fold, attempt, n_out, bins, norm, device, bar, job):
+    """One training run of a fold from the initialisation of ``attempt``: ``(fold model,
+    network, epoch selection)`` with the kept epoch's weights loaded."""
+    import torch
+
+    from wsimm.mil import create_model
+
+    per_slide = cfg.multi_slide == "slides"
+    seed = cfg.seed * 1000 + fold + 100003 * attempt
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    norm = FeatureNorm.fit(source, tr["patient_id"].tolist()) if cfg.normalize else None
     # BagNorm by default for grading, where it removes the flat start (issue 22); survival
     # losses are scale-sensitive and overfit within a few epochs with it (Cox: c-index 0.72 vs
     # 0.79 on tests/train/test_acceptance.py's cohort), so it is opt-in there
@@ -190,8 +235,10 @@ def fit_fold(
         sample_p = 1.0 / counts[tr["y"].to_numpy()]
         sample_p /= sample_p.sum()
 
-    task_id = bar.add_task(f"fold {fold}", total=cfg.epochs, rate="") if bar is not None else None
-    sel = EpochSelection(cfg.patience, bar=bar, task_id=task_id, label=f"fold {fold}: ")
+    name = f"fold {fold}" + (f" restart {attempt}" if attempt else "")
+    task_id = bar.add_task(name, total=cfg.epochs, rate="") if bar is not None else None
+    sel = EpochSelection(cfg.patience, bar=bar, task_id=task_id, label=f"{name}: ")
+    sel.attempt = attempt
     for epoch in range(cfg.epochs):
         net.train()
         if sample_p is not None:
@@ -246,23 +293,7 @@ def fit_fold(
     if bar is not None:
         bar.update(task_id, completed=cfg.epochs)
     sel.restore(model)
-
-    if cfg.task == "survival":
-        # the risk-group cut and (Cox) the baseline hazard come from training patients
-        tr_logits = logits_of(train_ids)
-        tr_risk = fm.risk(tr_logits)
-        fm.meta["train_risk_median"] = float(np.median(tr_risk))
-        if bins is None:
-            fm.baseline = breslow(tr_risk, tr["time"].to_numpy(), tr["event"].to_numpy())
-    fm.meta["best_epoch"] = sel.best_epoch
-
-    test_ids = te["patient_id"].tolist()
-    logits = logits_of(test_ids)
-    metrics = _score(fm, te, logits, tr)
-    preds = _prediction_rows(fm, te, logits, fold)
-    return FoldResult(
-        fold, fm, metrics, preds, pd.DataFrame(sel.history), sel.best_epoch, train_ids
-    )
+    return fm, model, sel
 
 
 def _score(

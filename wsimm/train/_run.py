@@ -317,7 +317,13 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
                 "kept the first epoch (the validation loss never improved after it: a stalled "
                 "network, close to untrained) in "
                 + "; ".join(f"{m} fold(s) {', '.join(map(str, ks))}" for m, ks in stalled.items())
-                + "; its figures there are a barely trained network's (metrics.json: stalled)",
+                + "; its figures there are a barely trained network's (metrics.json: stalled"
+                + (
+                    f"; MIL folds were restarted up to {cfg.restarts} time(s) first"
+                    if cfg.fusion == "none" and cfg.restarts
+                    else ""
+                )
+                + ")",
                 WsimmWarning,
                 stacklevel=2,
             )
