@@ -43,7 +43,8 @@ def _run(paths, store, out, *, splits=None, **changed):
         seed=4,
         baselines=BASELINES,
         out=str(out),
-        fusion_kwargs={"hidden": 16, "heads": 2},
+        # uncertainty weighting too: its scales, bootstrap refits and noise reference
+        fusion_kwargs={"hidden": 16, "heads": 2, "uncertainty": 3},
     )
     if splits is not None:
         kw.update(splits=str(splits), folds=5)
@@ -108,7 +109,8 @@ def _fold_artefacts(run_dir):
     out = {f"w:{k}": v for k, v in load_file(str(f / "model.safetensors")).items()}
     out["preprocess"] = json.loads((f / "preprocess.json").read_text())
     meta = json.loads((f / "meta.json").read_text())
-    out["meta"] = {k: meta[k] for k in ("best_epoch", "bins", "train_risk_median") if k in meta}
+    keys = ("best_epoch", "bins", "train_risk_median", "uncertainty")
+    out["meta"] = {k: meta[k] for k in keys if k in meta}
     out["history"] = pd.read_csv(f / "history.csv")
     for name in BASELINES.split(","):
         p = run_dir / "baselines" / name / "fold_0"
@@ -136,6 +138,7 @@ def test_runs_are_complete_and_linear_fits_are_written(runs):
     arte = _fold_artefacts(a.out)
     assert "clinical_omics_pca_cox:pca_components" in arte and "clinical_cox:coef" in arte
     assert any(k.startswith("w:model.wide_omics") for k in arte)  # the graph's wide part is saved
+    assert set(arte["meta"]["uncertainty"]["tau2"]) == {"slide", "omics", "clinical"}
 
 
 def test_test_outcomes_reach_nothing_fitted(runs):
@@ -143,7 +146,12 @@ def test_test_outcomes_reach_nothing_fitted(runs):
     _assert_same(_fold_artefacts(a.out), _fold_artefacts(b.out))
     # every test prediction of fold 0 is the same too, the run's and each baseline's
     pa, pb = (pd.read_csv(r.out / "predictions.csv", dtype={"patient_id": str}) for r in (a, b))
-    cols = [c for c in pa.columns if c.startswith(("risk", "weight_", "linear_"))]
+    cols = [
+        c
+        for c in pa.columns
+        if c.startswith(("risk", "weight_", "linear_", "sd_", "uweight_", "time_"))
+    ]
+    assert {"risk_unweighted", "risk_sd", "time_lo", "uweight_omics"} <= set(cols)
     pairs = [(pa, pb)]
     for n in BASELINES.split(","):
         pairs.append(

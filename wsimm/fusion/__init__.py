@@ -22,7 +22,14 @@ from wsimm.fusion._inputs import (
     reserved_reason,
 )
 from wsimm.fusion._linear import LinearBaseline, WideWeights, design_matrix
-from wsimm.fusion._model import FUSIONS, FusionEnsemble, FusionNet, FusionOutput, FusionSpec
+from wsimm.fusion._model import (
+    FUSIONS,
+    FusionEnsemble,
+    FusionNet,
+    FusionOutput,
+    FusionSpec,
+    mc_dropout,
+)
 
 __all__ = [
     "ASSAYS",
@@ -43,6 +50,7 @@ __all__ = [
     "design_matrix",
     "infer_clinical_types",
     "kind_adjacency",
+    "mc_dropout",
     "read_clinical",
     "read_gene_groups",
     "read_omics",

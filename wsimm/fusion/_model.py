@@ -17,7 +17,15 @@ from torch import Tensor, nn
 from wsimm.errors import ConfigError
 from wsimm.fusion._graph import EDGE_TYPES, NODE_TYPES
 
-__all__ = ["FUSIONS", "CoAttention", "FusionEnsemble", "FusionNet", "FusionOutput", "FusionSpec"]
+__all__ = [
+    "FUSIONS",
+    "CoAttention",
+    "FusionEnsemble",
+    "FusionNet",
+    "FusionOutput",
+    "FusionSpec",
+    "mc_dropout",
+]
 
 #: how modalities are joined
 FUSIONS = ("graph", "late", "concat", "kronecker")
@@ -113,6 +121,7 @@ class FusionNet(nn.Module):
     def __init__(self, spec: FusionSpec) -> None:
         super().__init__()
         self.spec = spec.validate()
+        self.mc = False  # Monte Carlo dropout at test time (see mc_dropout)
         h, p = spec.hidden, spec.dropout
         self.mods = list(spec.modalities)
         self.n_outputs = spec.n_outputs
@@ -453,7 +462,7 @@ class FusionNet(nn.Module):
                 t: norms[t](
                     v
                     + nn.functional.dropout(
-                        nn.functional.elu(out[t]), self.spec.dropout, self.training
+                        nn.functional.elu(out[t]), self.spec.dropout, self.training or self.mc
                     )
                 )
                 if t in out and out[t] is not None
@@ -534,6 +543,19 @@ class FusionNet(nn.Module):
             v = torch.cat([v, torch.ones(B, 1, device=dev)], 1)
             z = v if z is None else (z[:, :, None] * v[:, None, :]).flatten(1)
         return self.head(z)
+
+
+def mc_dropout(net: nn.Module, on: bool = True) -> None:
+    """Monte Carlo dropout: with ``on``, an eval-mode network keeps its dropout layers (and
+    GATv2's attention dropout) sampling while everything else (layer norms, BagNorm's
+    running statistics, modality dropout) stays in eval mode; ``on=False`` puts it back."""
+    from torch_geometric.nn import GATv2Conv
+
+    for m in net.modules():
+        if isinstance(m, (nn.Dropout, nn.AlphaDropout, GATv2Conv)):
+            m.train(on)
+        if isinstance(m, FusionNet):
+            m.mc = on
 
 
 class FusionEnsemble(nn.Module):

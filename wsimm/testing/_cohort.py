@@ -45,6 +45,9 @@ def make_cohort(
     slide_size: tuple[int, int] = (3072, 2304),
     slide_mpp: float = 0.5,
     interaction: str | None = None,
+    noisy: str | None = None,
+    p_noisy: float = 0.3,
+    noise_scale: float = 3.0,
 ) -> Cohort:
     """Make a deterministic synthetic cohort whose outcome signal is split across modalities.
 
@@ -77,6 +80,16 @@ def make_cohort(
         pathway and tile types (:func:`wsimm.testing.make_interaction_cohort`, given
         ``n_patients``, ``seed``, ``n_grades``, ``feature_dim``, ``tiles_per_slide``,
         ``censoring``, ``p_no_slide`` and ``p_no_omics``; slides as bags).
+    noisy, p_noisy, noise_scale
+        ``"omics"`` or ``"slides"``: a noisy-modality cohort. For a random ``p_noisy`` of the
+        patients that modality was measured badly: their omics lose their signal (a
+        contaminated or degraded sample: expression and copy number are noise of
+        ``noise_scale`` times the usual spread, half of it shared by the genes of a group,
+        mutations are called at random), or their slides' tiles are buried under
+        artefact noise of ``noise_scale`` times the usual spread (out of focus, pen, folds)
+        that hides the signal tiles. ``patients["noisy"]`` marks them. The outcome is
+        unchanged, so a model that trusts the bad modality as much as the good ones scores
+        those patients worse.
     """
     if interaction is not None:
         from wsimm.testing._interaction import make_interaction_cohort
@@ -94,6 +107,10 @@ def make_cohort(
         )
     if n_patients < 4:
         raise ConfigError(f"make_cohort needs at least 4 patients, got {n_patients}")
+    if noisy not in (None, "omics", "slides"):
+        raise ConfigError(f"noisy must be 'omics', 'slides' or None, got {noisy!r}")
+    if not 0 <= p_noisy <= 1 or noise_scale <= 0:
+        raise ConfigError("p_noisy must be in [0, 1] and noise_scale > 0")
     if slides not in ("bags", "files", None):
         raise ConfigError(f"slides must be 'bags', 'files' or None, got {slides!r}")
     if slides == "files" and slide_dir is None:
@@ -141,6 +158,24 @@ def make_cohort(
         cols[f"{gname}_cnv"] = np.round(0.5 * loading * zo + rng.normal(0, 0.7, n)).clip(-2, 2)
         p = 1 / (1 + np.exp(-(-2.5 + 1.2 * abs(loading) * zo)))
         cols[f"{gname}_mut"] = (rng.uniform(size=n) < p).astype(float)
+    # a separate stream, so that the clean cohort of the same seed is unchanged
+    noise_rng = np.random.default_rng([seed, 7907])
+    bad = noise_rng.uniform(size=n) < (p_noisy if noisy else 0.0)
+    if noisy == "omics" and bad.any():
+        # a bad sample (contaminated, degraded): each gene group of each assay is off by a
+        # shared amount, each gene by its own, and the tumour's signal is gone
+        k = int(bad.sum())
+        home = {x: g for g in reversed(groups) for x in gene_groups[g]}
+        offset = {(g, a): noise_rng.standard_normal(k) for g in groups for a in ("rnaseq", "cnv")}
+        for c in cols:
+            gene, assay = c.rsplit("_", 1)
+            cols[c] = cols[c].copy()
+            if assay == "mut":
+                cols[c][bad] = (noise_rng.uniform(size=k) < 0.5).astype(float)
+                continue
+            spread = float(np.std(cols[c])) or 1.0
+            e = (offset[home[gene], assay] + noise_rng.standard_normal(k)) / math.sqrt(2)
+            cols[c][bad] = noise_scale * spread * e
     omics_all = pd.DataFrame(cols, index=pd.Index(pids, name="patient_id"))
     has_omics = rng.uniform(size=n) >= p_no_omics
     omics = omics_all.loc[has_omics].astype(np.float32)
@@ -178,6 +213,8 @@ def make_cohort(
                 x = rng.standard_normal((nt, feature_dim))
                 x += slide_nuisance * rng.standard_normal(feature_dim)
                 x[sig] += signal_strength * direction + slide_intensity * zs[i] * second
+                if noisy == "slides" and bad[i]:
+                    x += noise_scale * noise_rng.standard_normal(x.shape)
                 bags[sid] = x.astype(np.float16)
                 tile_signal[sid] = sig
             elif slides == "files":
@@ -207,6 +244,7 @@ def make_cohort(
             "event": event.astype(int),
             "n_slides": n_slides,
             "has_omics": has_omics,
+            "noisy": bad,
         }
     )
     return Cohort(

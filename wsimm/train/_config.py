@@ -18,6 +18,9 @@ FUSION_CHOICES = ("none", "graph", "late", "concat", "kronecker")
 GRAPH_ONLY_KWARGS = ("coattention",)
 #: fusion_kwargs that add to the run's own network; its network baselines train without them
 EXTRA_KWARGS = ("coattention", "contrastive")
+#: fusion_kwargs of the run's own network at test time (uncertainty weighting): its network
+#: baselines stay plain, and the same network's unweighted scores are reported beside it
+TEST_TIME_KWARGS = ("uncertainty", "interval")
 
 
 @dataclass
@@ -110,6 +113,10 @@ class TrainConfig:
             self.clinical_cols = [c.strip() for c in self.clinical_cols.split(",") if c.strip()]
         if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
             raise ConfigError(f"--threads must be a whole number >= 1, got {self.threads!r}")
+        if self.fusion_kwargs:  # refused before any fold trains
+            from wsimm.train._uncertainty import UncertaintySpec
+
+            UncertaintySpec.pop_from(dict(self.fusion_kwargs))
         if not isinstance(self.restarts, int) or self.restarts < 0:
             raise ConfigError(f"restarts must be a whole number >= 0, got {self.restarts!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.n_bins < 1 or self.graph_batch_size < 1:

@@ -29,13 +29,21 @@ from wsimm.fusion._inputs import (
 )
 from wsimm.fusion._model import MODALITY_NODE
 from wsimm.survival import TimeBins
-from wsimm.train._config import EXTRA_KWARGS, TrainConfig
+from wsimm.train._config import EXTRA_KWARGS, TEST_TIME_KWARGS, TrainConfig
 from wsimm.train._data import BagSource, FeatureNorm
 from wsimm.train._dist import current
 from wsimm.train._fit import EpochSelection, FoldResult, _Objective, _prediction_rows, _score
 from wsimm.train._fold import FoldModel, breslow, json_clean
 from wsimm.train._metrics import summarise_folds
 from wsimm.train._tables import Examples, _listing
+from wsimm.train._uncertainty import (
+    UncertaintySpec,
+    contribution_scale,
+    interval_columns,
+    mc_predict,
+    omics_reliability,
+    slide_reliability,
+)
 
 
 @dataclass
@@ -117,6 +125,11 @@ class _Net:
         self, net, pre: Preprocessor, fd: FusionData, norm: FeatureNorm | None, device: str
     ):
         self.net, self.pre, self.fd, self.norm, self.device = net, pre, fd, norm, device
+        # uncertainty weighting: the wide part's bootstrap refits, and the fit to restore
+        self.wides: list = []
+        self.wide = None
+        # and per modality each patient's measurement reliability, by ``pidx``
+        self.reliability: dict[str, np.ndarray] = {}
 
     def tiles(self, batch, *, max_tiles: int | None = None, seed: int | None = None):
         """The tiles of the batch's slide nodes; with ``max_tiles`` and ``seed`` (training)
@@ -148,53 +161,64 @@ class _Net:
         remove: tuple[str, ...] = (),
         batch_size: int = 64,
         explain: bool = True,
+        mc: bool = False,
     ):
         """Logits ``(n, K)`` and, with ``explain``, each patient's explanation (readout
         weights, linear terms, co-attention; ``None`` per patient without) for ``graphs``
         (eval mode); the modalities in ``remove`` are taken away (their nodes do not take
-        part). Under torchrun the graphs are shared out between the processes and every
-        process gets all rows."""
+        part); with ``mc``, Monte Carlo dropout stays on. Under torchrun the graphs are
+        shared out between the processes and every process gets all rows."""
         return current().map_rows(
-            lambda gs: self._run(gs, remove=remove, batch_size=batch_size, explain=explain),
+            lambda gs: self._run(gs, remove=remove, batch_size=batch_size, explain=explain, mc=mc),
             graphs,
         )
 
-    def _run(self, graphs: list, *, remove: tuple[str, ...], batch_size: int, explain: bool):
+    def _run(
+        self, graphs: list, *, remove: tuple[str, ...], batch_size: int, explain: bool, mc: bool
+    ):
         import torch
         from torch_geometric.data import Batch
 
+        from wsimm.fusion import mc_dropout
+
         self.net.eval()
+        mc_dropout(self.net, mc)
         logits, weights = [], []
-        with torch.inference_mode():
-            for i in range(0, len(graphs), batch_size):
-                b = Batch.from_data_list(graphs[i : i + batch_size]).to(self.device)
-                keep = {
-                    MODALITY_NODE[m]: torch.zeros(
-                        b[MODALITY_NODE[m]].num_nodes, dtype=torch.bool, device=self.device
-                    )
-                    for m in remove
-                    if m in self.net.mods
-                }
-                tiles = self.tiles(b) if "slide" not in remove else None
-                out = self.net(b, tiles, keep=keep)
-                logits.append(out.logits.float().cpu().numpy())
-                if not explain:  # validation epochs, training risks, removed modalities
-                    weights.append([None] * int(b.num_graphs))
-                    continue
-                ws = _weights_per_patient(b, out.weights, self, keep)
-                if out.coattn is not None and tiles is not None:
-                    for j, co in enumerate(_coattention_per_patient(b, out.coattn, tiles[1], self)):
-                        if co:
+        try:
+            with torch.inference_mode():
+                for i in range(0, len(graphs), batch_size):
+                    b = Batch.from_data_list(graphs[i : i + batch_size]).to(self.device)
+                    keep = {
+                        MODALITY_NODE[m]: torch.zeros(
+                            b[MODALITY_NODE[m]].num_nodes, dtype=torch.bool, device=self.device
+                        )
+                        for m in remove
+                        if m in self.net.mods
+                    }
+                    tiles = self.tiles(b) if "slide" not in remove else None
+                    out = self.net(b, tiles, keep=keep)
+                    logits.append(out.logits.float().cpu().numpy())
+                    if not explain:  # validation epochs, training risks, removed modalities
+                        weights.append([None] * int(b.num_graphs))
+                        continue
+                    ws = _weights_per_patient(b, out.weights, self, keep)
+                    if out.coattn is not None and tiles is not None:
+                        per = _coattention_per_patient(b, out.coattn, tiles[1], self)
+                        for j, co in enumerate(per):
+                            if co:
+                                ws[j] = ws[j] or {"modality": {}, "nodes": {}}
+                                ws[j]["coattention"] = co
+                    if out.wide is not None:  # each modality's term of the linear part
+                        terms = out.wide
+                        for j in range(len(ws)):
                             ws[j] = ws[j] or {"modality": {}, "nodes": {}}
-                            ws[j]["coattention"] = co
-                if out.wide is not None:  # each modality's term of the linear part
-                    terms = out.wide
-                    for j in range(len(ws)):
-                        ws[j] = ws[j] or {"modality": {}, "nodes": {}}
-                        ws[j]["linear"] = {
-                            m: terms[m][j].float().cpu().tolist() for m in terms if m != "bias"
-                        }
-                weights.append(ws)
+                            ws[j]["linear"] = {
+                                m: terms[m][j].float().cpu().tolist() for m in terms if m != "bias"
+                            }
+                    weights.append(ws)
+        finally:
+            if mc:  # a later plain eval() must not keep sampling
+                mc_dropout(self.net, False)
         n_out = self.net.spec.n_outputs
         lg = np.concatenate(logits) if logits else np.zeros((0, n_out), np.float32)
         return lg, [w for ws in weights for w in ws]
@@ -318,6 +342,7 @@ def fit_fusion_fold(
     kw = dict(cfg.fusion_kwargs)
     group_pcs = kw.pop("group_pcs", 8)
     n_models = int(kw.pop("ensemble", 1))
+    unc = UncertaintySpec.pop_from(kw)
     wide_mods = [m for m in modalities if m in ("omics", "clinical")]
     wide = bool(kw.pop("wide", fusion == "graph")) and bool(wide_mods)
     pre = Preprocessor.fit(mods, train_ids, group_pcs=group_pcs)
@@ -408,21 +433,68 @@ def fit_fusion_fold(
         "best_epoch": best_epoch,
         "ensemble": n_models,
     }
+    if unc is not None:  # each modality's contribution scale, from training patients
+        if wide_w is not None:  # the linear part's own uncertainty: bootstrap refits
+            runner.wides = _bootstrap_wide(
+                cfg, mods, pre, pd.concat([tr, va], ignore_index=True), wide_mods, n_out,
+                fold, n=unc.passes, seed=seed,
+            )  # fmt: skip
+            runner.wide = wide_w
+        refs: dict[str, float] = {}
+        if "omics" in modalities:
+            runner.reliability["omics"], refs = omics_reliability(graphs, len(tr), list(pre.genes))
+        if "slide" in modalities:
+            at = fd.slide_index
+            train_slides = [at[s] for p in train_ids for s in mods.slides.get(p, [])]
+            runner.reliability["slide"], refs["slides"] = slide_reliability(
+                runner, graphs, train_slides
+            )
+        fm.meta["uncertainty"] = {
+            "passes": unc.passes,
+            "level": unc.level,
+            "tau2": contribution_scale(fm, runner, g_tr, modalities, bs),
+            "reliability_reference": refs,
+        }
     if cfg.task == "survival":
-        tr_logits, _ = runner.run(g_tr, batch_size=bs, explain=False)
+        if unc is not None:  # the baseline hazard of the risks the test patients get
+            tr_logits = mc_predict(fm, runner, g_tr, modalities, unc, bs=bs, seed=seed)[0].mean(0)
+        else:
+            tr_logits, _ = runner.run(g_tr, batch_size=bs, explain=False)
         tr_risk = fm.risk(tr_logits)
         fm.meta["train_risk_median"] = float(np.median(tr_risk))
         if bins is None:
             fm.baseline = breslow(tr_risk, tr["time"].to_numpy(), tr["event"].to_numpy())
 
     logits, weights = runner.run(g_te, batch_size=bs)
-    metrics = _score(fm, te, logits, tr)
     key = "c_index" if cfg.task == "survival" else "auc"
+    extra_cols: dict = {}
+    if unc is not None:
+        passes, plain, sd, uw, wo = mc_predict(
+            fm, runner, g_te, modalities, unc, bs=bs, seed=seed + 1
+        )
+        logits = passes.mean(0)
+        extra_cols, coverage = interval_columns(fm, passes, te, tr, unc.level)
+        plain_logits = plain.mean(0)
+    metrics = _score(fm, te, logits, tr)
+    if unc is not None:
+        metrics[f"{key}_unweighted"] = _score(fm, te, plain_logits, tr)[key]
+        metrics["interval_coverage"], metrics["interval_level"] = coverage, unc.level
+        if cfg.task == "survival":
+            extra_cols["risk_unweighted"] = fm.risk(plain_logits)
+        else:
+            prob = fm.probabilities(plain_logits)
+            extra_cols.update({f"prob_unweighted_{c}": prob[:, c] for c in range(prob.shape[1])})
+        for m in sd:
+            extra_cols[f"sd_{m}"], extra_cols[f"uweight_{m}"] = sd[m], uw[m]
+            if cfg.task == "survival":  # what the patient's risk would be without it
+                extra_cols[f"risk_without_{m}"] = fm.risk(wo[m])
     if len(modalities) > 1:
         for m in modalities:
             lg, _ = runner.run(g_te, remove=(m,), batch_size=bs, explain=False)
             metrics[f"{key}_without_{m}"] = _score(fm, te, lg, tr)[key]
     preds = _prediction_rows(fm, te, logits, fold)
+    for c, v in extra_cols.items():
+        preds[c] = v
     if any((w or {}).get("modality") for w in weights):
         for m in modalities:
             preds[f"weight_{m}"] = [(w or {}).get("modality", {}).get(m, np.nan) for w in weights]
@@ -466,6 +538,21 @@ def _fit_wide(
             stacklevel=2,
         )
         return None
+
+
+def _bootstrap_wide(cfg, mods, pre, trva, wide_mods, n_out, fold, *, n: int, seed: int) -> list:
+    """The wide part refitted on ``n`` bootstrap resamples of the training + validation
+    patients (uncertainty weighting: one per Monte Carlo pass), quietly skipping resamples
+    it cannot be fitted on."""
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WsimmWarning)
+        for b in range(n):
+            idx = np.random.default_rng([seed, 104729, b]).integers(0, len(trva), len(trva))
+            w = _fit_wide(cfg, mods, pre, trva.iloc[idx], wide_mods, n_out, fold, refit=True)
+            if w is not None:
+                out.append(w)
+    return out
 
 
 def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, rng, gen, bar):
@@ -662,7 +749,11 @@ def run_baselines(
                 if "linear" in how:
                     res = fit_linear_fold(k_cfg, fd, table, sets, k, use_omics=how["linear"])
                 else:  # network baselines: the plain networks, without the run's extras
-                    kw = {k: v for k, v in k_cfg.fusion_kwargs.items() if k not in EXTRA_KWARGS}
+                    kw = {
+                        k: v
+                        for k, v in k_cfg.fusion_kwargs.items()
+                        if k not in EXTRA_KWARGS + TEST_TIME_KWARGS
+                    }
                     res = fit_fusion_fold(
                         replace(k_cfg, fusion_kwargs=kw),
                         fd,
