@@ -625,6 +625,15 @@ def _print_run(res) -> None:
                 f"clinical columns left out: {left}; name them with --clinical-cols to use them",
                 soft_wrap=True,
             )
+    if "interval_coverage" in m["mean"]:  # fusion_kwargs uncertainty
+        key = keys[0]
+        level = m["folds"][0].get("interval_level", 0.8)
+        console.print(
+            f"uncertainty weighting: {key} {fmt(m['mean'][key])} (the same passes unweighted "
+            f"{fmt(m['mean'].get(f'{key}_unweighted'))}); {level:.0%} intervals held "
+            f"{fmt(m['mean']['interval_coverage'])} of the test patients",
+            soft_wrap=True,
+        )
     if m.get("baselines"):
         key = keys[0]
         cmp = Table(title=f"{key} on the same folds (mean ± sd)")

@@ -86,6 +86,10 @@ def summarise_folds(task: str, rows: list[dict]) -> tuple[dict, dict]:
     """Mean and standard deviation over folds of each metric (NaN folds left out)."""
     keys = list(METRIC_KEYS[task])
     keys += sorted({k for r in rows for k in r if "_without_" in k})
+    # uncertainty weighting (fusion_kwargs uncertainty): the same passes unweighted, coverage
+    keys += sorted(
+        {k for r in rows for k in r if k.endswith("_unweighted") or k == "interval_coverage"}
+    )
     mean, std = {}, {}
     for key in keys:
         v = np.array([r[key] for r in rows if r.get(key) is not None], np.float64)
