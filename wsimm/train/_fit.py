@@ -159,12 +159,8 @@ def fit_fold(
     fm.meta["restart_kept"] = int(sel.attempt)
     train_ids = tr["patient_id"].tolist()
 
-    def logits_of(ids: list[str], **kw) -> np.ndarray:
-        (lg,) = job.map_rows(
-            lambda part: fm.outputs(source, part, device=device, workers=cfg.workers, **kw)[:1],
-            ids,
-        )
-        return lg
+    def logits_of(ids: list[str]) -> np.ndarray:
+        return _eval_logits(job, fm, source, ids, device=device, workers=cfg.workers)
 
     if cfg.task == "survival":
         # the risk-group cut and (Cox) the baseline hazard come from training patients
@@ -183,6 +179,12 @@ def fit_fold(
     return FoldResult(
         fold, fm, metrics, preds, pd.DataFrame(sel.history), sel.best_epoch, train_ids
     )
+
+
+def _eval_logits(job, fm: FoldModel, source: BagSource, ids: list[str], **kw) -> np.ndarray:
+    """Eval-mode outputs of ``ids``, the patients shared out between torchrun's processes."""
+    (lg,) = job.map_rows(lambda part: fm.outputs(source, part, **kw)[:1], ids)
+    return lg
 
 
 def _attempt(cfg, source, tr, va, fold, attempt, n_out, bins, norm, device, bar, job):
@@ -218,12 +220,7 @@ def _attempt(cfg, source, tr, va, fold, attempt, n_out, bins, norm, device, bar,
     train_ids, val_ids = tr["patient_id"].tolist(), va["patient_id"].tolist()
 
     def logits_of(ids: list[str], **kw) -> np.ndarray:
-        """Eval-mode outputs, the patients shared out between torchrun's processes."""
-        (lg,) = job.map_rows(
-            lambda part: fm.outputs(source, part, device=device, workers=cfg.workers, **kw)[:1],
-            ids,
-        )
-        return lg
+        return _eval_logits(job, fm, source, ids, device=device, workers=cfg.workers, **kw)
 
     net = job.wrap(model, partial=hasattr(model, "instance"))  # DDP under torchrun
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
