@@ -26,6 +26,7 @@ patients only, as ``wsimm train`` does):
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 import warnings
@@ -39,8 +40,12 @@ VARIANTS = {
     "graph +coattention": {"coattention": True},
     "graph +contrastive": {"contrastive": 0.1},
     "graph +coattention +contrastive": {"coattention": True, "contrastive": 0.1},
+    "graph +cross": {"cross": True},
+    "graph +cross +coattention": {"cross": True, "coattention": True},
 }
-BASELINES = "late_fusion,concat_fusion,kronecker_fusion,clinical_omics_pca_cox"
+BASELINES = "late_fusion,concat_fusion,kronecker_fusion,clinical_omics_pca_{lin}"
+#: the ``cross`` wide part alone, fitted by the first run with the switch on
+CROSS_BASELINE = "clinical_omics_slide_cross_{lin}"
 
 
 def references(co, splits: pd.DataFrame) -> dict[str, list[float]]:
@@ -79,7 +84,9 @@ def references(co, splits: pd.DataFrame) -> dict[str, list[float]]:
     return out
 
 
-def run_cell(family: str, seed: int, n: int, variants: list[str], root: Path) -> dict:
+def run_cell(
+    family: str, seed: int, n: int, variants: list[str], root: Path, task: str = "survival"
+) -> dict:
     import torch
 
     import wsimm
@@ -94,8 +101,15 @@ def run_cell(family: str, seed: int, n: int, variants: list[str], root: Path) ->
     wsimm.bags_to_store(co.bags, d / "s.zarr")
     rows: dict[str, list[float]] = {}
     splits = None
+    lin = "cox" if task == "survival" else "logreg"
+    key = "c_index" if task == "survival" else "auc"
+    cross_done = False
     for i, name in enumerate(variants):
         t0 = time.perf_counter()
+        want = [BASELINES.format(lin=lin)] if i == 0 else []
+        if VARIANTS[name].get("cross") and not cross_done:
+            want.append(CROSS_BASELINE.format(lin=lin))
+            cross_done = True
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", WsimmWarning)
             res = train(
@@ -104,26 +118,27 @@ def run_cell(family: str, seed: int, n: int, variants: list[str], root: Path) ->
                 omics=str(paths["omics"]),
                 clinical=str(paths["clinical"]),
                 gene_groups=str(paths["gene_groups"]),
-                task="survival",
+                task=task,
                 fusion="graph",
                 survival_loss="cox",
                 folds=5,
                 seed=seed,
                 fusion_kwargs=VARIANTS[name],
-                baselines=BASELINES if i == 0 else "none",
+                baselines=",".join(want) or "none",
                 out=str(d / f"run{i}"),
                 quiet=True,
                 threads=1,
             )
-        rows[name] = [f["c_index"] for f in res.metrics["folds"]]
+        rows[name] = [f[key] for f in res.metrics["folds"]]
         print(f"  {family} seed {seed} {name}: {np.mean(rows[name]):.3f} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+        for b, v in res.metrics.get("baselines", {}).items():
+            rows[b] = [f[key] for f in v["folds"]]
         if i == 0:
-            for b, v in res.metrics.get("baselines", {}).items():
-                rows[b] = [f["c_index"] for f in v["folds"]]
             splits = pd.read_csv(res.out / "splits.csv")
     assert splits is not None
-    rows.update(references(co, splits))
+    if task == "survival":
+        rows.update(references(co, splits))
     return rows
 
 
@@ -134,16 +149,20 @@ def main(argv=None) -> None:
     ap.add_argument("--patients", type=int, default=300)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--quick", action="store_true", help="graph and graph +coattention only")
+    ap.add_argument("--task", choices=["survival", "grade"], default="survival")
+    ap.add_argument("--json", type=Path, help="write every fold's score here")
     a = ap.parse_args(argv)
     variants = ["graph", "graph +coattention"] if a.quick else a.variants
     root = Path(tempfile.mkdtemp(prefix="wsimm-bench-fusion-"))
     table: dict[tuple[str, int], dict] = {}
     for fam in a.families:
         for seed in a.seeds:
-            table[(fam, seed)] = run_cell(fam, seed, a.patients, variants, root)
+            table[(fam, seed)] = run_cell(fam, seed, a.patients, variants, root, a.task)
+    if a.json:
+        a.json.write_text(json.dumps({f"{f} s{s}": v for (f, s), v in table.items()}, indent=1))
     names = list(next(iter(table.values())))
     cols = [f"{f} s{s}" for f, s in table]
-    print("\nc-index, mean over 5 folds")
+    print(f"\n{'c-index' if a.task == 'survival' else 'AUC'}, mean over 5 folds")
     print("| model | " + " | ".join(cols) + " | mean |")
     print("|---" * (len(cols) + 2) + "|")
     for name in names:
@@ -153,6 +172,17 @@ def main(argv=None) -> None:
         if n.startswith("graph +") and "graph" in names:
             gain = np.mean([np.mean(table[c][n]) - np.mean(table[c]["graph"]) for c in table])
             print(f"{n} - graph: {gain:+.3f}")
+    # the bar: a switch's margin over every other fusion and the linear models, per cell
+    others = [n for n in names if not n.startswith("graph +") and n not in ("true risk",)]
+    others = [n for n in others if "Cox:" not in n and n not in ("additive Cox", "interaction Cox")]
+    for n in names:
+        if n.startswith("graph +"):
+            margins = [
+                min(np.mean(table[c][n]) - np.mean(table[c][o]) for o in others if o in table[c])
+                for c in table
+            ]
+            print(f"{n}: smallest margin over {', '.join(others)} per cell: "
+                  + " ".join(f"{m:+.3f}" for m in margins))  # fmt: skip
 
 
 if __name__ == "__main__":

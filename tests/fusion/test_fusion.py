@@ -3,6 +3,8 @@ patients only, graph construction with absent modalities, shapes and gradient fl
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -266,6 +268,68 @@ def test_wide_part_is_the_linear_model(cohort, task):
         np.testing.assert_allclose(p[has], want[has], atol=1e-4)
 
 
+@pytest.mark.parametrize("task", ["survival", "grade"])
+def test_wide_cross_terms_are_the_linear_model(cohort, task):
+    """With ``cross``, the wide part reads each patient's mean tile from the tiles it is given:
+    the network starts as exactly the linear model with slide components and slide x omics
+    products, and leaving the slides out takes both terms away (their buffers are padded
+    when a fold fits fewer components than the spec allows)."""
+    pytest.importorskip("lifelines")
+    import pandas as pd
+
+    from wsimm.fusion import LinearBaseline, SlideTerms, design_matrix
+
+    co, paths = cohort
+    mods, pids, slide_ids, pre, graphs = _all_patients(co, paths)
+    table = co.labels.drop_duplicates("patient_id").set_index("patient_id").loc[pids]
+    table = table.reset_index().rename(columns={"grade": "y"})
+    means = pd.DataFrame(
+        {
+            p: np.mean([co.bags[s].astype(np.float64).mean(0) for s in ss], 0)
+            for p, ss in mods.slides.items()
+            if ss
+        }
+    ).T
+    k = 1 if task == "survival" else 3
+    st = SlideTerms(means, n_components=3, n_cross=2)
+    lb = LinearBaseline(task, use_omics=True, n_components=4, slides=st).fit(
+        mods, pre, table, n_classes=k
+    )
+    assert {"S1", "S3", "S1xPC1", "S3xPC2"} <= set(lb.columns)
+    net = _net(mods, pre, "graph", hidden=16, heads=2, n_outputs=k, wide=True, cross=True,
+               cross_slide_pcs=5, cross_omics_pcs=3,
+               wide_genes={a: len(g) for a, g in pre.genes.items()})  # fmt: skip
+    # the network sees normalised tiles: the weights rewritten for them give the same model
+    mu, sd = np.linspace(-1, 1, 16), np.linspace(0.5, 2, 16)
+    net.set_wide(lb.wide_weights(k).for_normalised_tiles(mu, sd))
+    net.eval()
+    b = Batch.from_data_list(graphs)
+    no_slide = {"slide": torch.zeros(b["slide"].num_nodes, dtype=torch.bool)}
+    tx, tb = _tiles(co, b, slide_ids)
+    with torch.no_grad():
+        out = net(b, ((tx - torch.as_tensor(mu).float()) / torch.as_tensor(sd).float(), tb))
+        without = net(b, None, keep=no_slide).logits.double().numpy()
+    logits = out.logits.double().numpy()
+    has = np.isin(pids, mods.omics.patients)
+    with_slide = np.isin(pids, means.index)
+    assert (has & with_slide).sum() >= 10 and (has & ~with_slide).sum() >= 1
+    X = design_matrix(mods, pre, pids, pca=lb.pca, slides=st)[lb.columns].to_numpy()
+    slide_cols = np.array([bool(re.match(r"S\d", c)) for c in lb.columns])
+    assert np.abs(X[~with_slide][:, slide_cols]).max() == 0  # no slide: no slide terms
+    if task == "survival":
+        np.testing.assert_allclose(logits[has, 0], lb.predict(pids)[has], atol=1e-3)
+        no_s = X[:, ~slide_cols] @ lb.coef[~slide_cols]
+        np.testing.assert_allclose(without[has, 0], no_s[has], atol=1e-3)
+        cross = out.wide["cross"][:, 0].double().numpy()
+        xc = np.array(["xPC" in c for c in lb.columns])
+        np.testing.assert_allclose(cross[has], (X[:, xc] @ lb.coef[xc])[has], atol=1e-3)
+        assert np.abs(cross[has & with_slide]).max() > 1e-3  # the crosses do take part
+    else:
+        p = torch.softmax(torch.as_tensor(logits), 1).numpy()
+        np.testing.assert_allclose(p[has], lb.predict(pids)[has], atol=1e-3)
+        assert np.abs(without - logits)[has & with_slide].max() > 1e-3
+
+
 def test_contrastive_alignment_pairs_a_patients_own_modalities(cohort):
     """The InfoNCE loss is the cross-entropy of matching each patient's slide embedding to its
     own omics embedding among the batch's patients with both; fewer than two: no loss; a few
@@ -326,6 +390,17 @@ def test_graph_only_switches_are_refused_elsewhere():
         FusionSpec("concat", ["slide", "omics"], 1, [3], ["rnaseq"], coattention=True).validate()
     with pytest.raises(ConfigError, match="contrastive"):
         FusionSpec("graph", ["slide", "omics"], 1, [3], ["rnaseq"], contrastive=-1).validate()
+    with pytest.raises(ConfigError, match="cross need --fusion graph"):
+        TrainConfig(labels="l.csv", omics="o.csv", task="survival", out="r", fusion="concat",
+                    fusion_kwargs={"cross": True}).validate()  # fmt: skip
+    for mods, wide in ((["slide", "omics"], False), (["omics", "clinical"], True)):
+        with pytest.raises(ConfigError, match="cross needs the wide part"):
+            FusionSpec("graph", mods, 1, [3], ["rnaseq"], wide=wide, cross=True).validate()
+    # cross: the run's wide part alone joins the baselines, and the plain graph fusion
+    cfg = TrainConfig(labels="l.csv", omics="o.csv", store="s.zarr", task="survival", out="r",
+                      fusion="graph", fusion_kwargs={"cross": True})  # fmt: skip
+    names = [n for n, _ in baseline_plan(cfg, ["slide", "omics", "clinical"])]
+    assert {"clinical_omics_slide_cross_cox", "graph_fusion"} <= set(names)
     # with the switches on, the plain graph fusion joins the baselines
     cfg = TrainConfig(labels="l.csv", omics="o.csv", store="s.zarr", task="survival", out="r",
                       fusion="graph", fusion_kwargs={"coattention": True})  # fmt: skip

@@ -43,8 +43,9 @@ def _run(paths, store, out, *, splits=None, **changed):
         seed=4,
         baselines=BASELINES,
         out=str(out),
-        # uncertainty weighting too: its scales, bootstrap refits and noise reference
-        fusion_kwargs={"hidden": 16, "heads": 2, "uncertainty": 3},
+        # uncertainty weighting too: its scales, bootstrap refits and noise reference; and
+        # the wide part's slide terms (the mean-tile PCA, the penalty chosen on validation)
+        fusion_kwargs={"hidden": 16, "heads": 2, "uncertainty": 3, "cross": True},
     )
     if splits is not None:
         kw.update(splits=str(splits), folds=5)
@@ -109,7 +110,7 @@ def _fold_artefacts(run_dir):
     out = {f"w:{k}": v for k, v in load_file(str(f / "model.safetensors")).items()}
     out["preprocess"] = json.loads((f / "preprocess.json").read_text())
     meta = json.loads((f / "meta.json").read_text())
-    keys = ("best_epoch", "bins", "train_risk_median", "uncertainty")
+    keys = ("best_epoch", "bins", "train_risk_median", "uncertainty", "wide_penalizer")
     out["meta"] = {k: meta[k] for k in keys if k in meta}
     out["history"] = pd.read_csv(f / "history.csv")
     for name in BASELINES.split(","):

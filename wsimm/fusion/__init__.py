@@ -21,7 +21,7 @@ from wsimm.fusion._inputs import (
     read_omics,
     reserved_reason,
 )
-from wsimm.fusion._linear import LinearBaseline, WideWeights, design_matrix
+from wsimm.fusion._linear import LinearBaseline, SlideTerms, WideWeights, design_matrix
 from wsimm.fusion._model import (
     FUSIONS,
     FusionEnsemble,
@@ -45,6 +45,7 @@ __all__ = [
     "Modalities",
     "Omics",
     "Preprocessor",
+    "SlideTerms",
     "WideWeights",
     "build_graphs",
     "design_matrix",

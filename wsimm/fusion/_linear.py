@@ -5,7 +5,7 @@ omics reduced by a PCA fitted on the training fold."""
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -14,15 +14,22 @@ import pandas as pd
 from wsimm.errors import MissingDependencyError
 from wsimm.fusion._inputs import Modalities, Preprocessor
 
-__all__ = ["LinearBaseline", "WideWeights", "design_matrix"]
+__all__ = ["LinearBaseline", "SlideTerms", "WideWeights", "design_matrix"]
 
 
 def design_matrix(
-    mods: Modalities, pre: Preprocessor, pids: list[str], *, pca: Any = None
+    mods: Modalities,
+    pre: Preprocessor,
+    pids: list[str],
+    *,
+    pca: Any = None,
+    slides: SlideTerms | None = None,
 ) -> pd.DataFrame:
     """Clinical columns (numeric standardised with training statistics, missing values at
-    the training mean; categoricals one-hot over the training categories) and, with ``pca``,
-    the principal components of the standardised omics."""
+    the training mean; categoricals one-hot over the training categories), with ``pca`` the
+    principal components of the standardised omics and, with ``slides``, the principal
+    components of each patient's mean tile (``S1``...) and their products with the first
+    omics components (``S1xPC1``...; 0 for a patient without a slide or without omics)."""
     cols: dict[str, np.ndarray] = {}
     if mods.clinical is not None:
         clin = mods.clinical.reindex(pids)
@@ -38,7 +45,44 @@ def design_matrix(
         pcs = pca.transform(z)
         for i in range(pcs.shape[1]):
             cols[f"PC{i + 1}"] = pcs[:, i]
+        if slides is not None:
+            s = slides.scores(pids)
+            has_o = np.isin(pids, list(mods.omics.patients)) if mods.omics is not None else 0
+            for i in range(s.shape[1]):
+                cols[f"S{i + 1}"] = s[:, i]
+            for i in range(s.shape[1]):
+                for j in range(min(slides.n_cross, pcs.shape[1])):
+                    cols[f"S{i + 1}xPC{j + 1}"] = s[:, i] * pcs[:, j] * has_o
     return pd.DataFrame(cols, index=pids)
+
+
+@dataclass
+class SlideTerms:
+    """The slide side of a linear model: a PCA of each patient's mean (normalised) tile,
+    fitted on the training patients that have a slide; ``n_cross`` of the omics components
+    are crossed with its components (Wide & Deep's cross-product features: a linear model
+    that can say *which tiles matter depends on the omics*)."""
+
+    means: pd.DataFrame  # patients x tile features: the mean over a patient's slides' tiles
+    n_components: int = 8
+    n_cross: int = 4
+
+    def fit(self, pids: list[str]) -> SlideTerms:
+        from sklearn.decomposition import PCA
+
+        x = self.means.reindex([p for p in pids if p in self.means.index]).to_numpy(np.float64)
+        k = int(min(self.n_components, max(1, x.shape[0] - 1), x.shape[1]))
+        self.pca = PCA(k, svd_solver="full").fit(x)
+        return self
+
+    def scores(self, pids: list[str]) -> np.ndarray:
+        """``(len(pids), components)``; 0 (the training mean) for a patient without a slide."""
+        x = self.means.reindex(pids)
+        has = x.notna().all(1).to_numpy()
+        out = np.zeros((len(pids), self.pca.n_components_))
+        if has.any():
+            out[has] = self.pca.transform(x.to_numpy(np.float64)[has])
+        return out
 
 
 def omics_block(mods: Modalities, pre: Preprocessor, pids: list[str]) -> np.ndarray:
@@ -59,6 +103,26 @@ class WideWeights:
     omics: dict[str, np.ndarray]
     omics_shift: np.ndarray
     bias: np.ndarray
+    #: slide terms (``None`` without): PCA mean ``(D,)`` and components ``(D, S)`` of the
+    #: patient's mean tile, their weights ``(S, K)``; the crossed omics components as
+    #: ``cross_omics[assay]`` ``(genes, C)`` minus ``cross_shift`` ``(C,)``, and the weights
+    #: ``(S * C, K)`` of the products (slide component major)
+    slide_mean: np.ndarray | None = None
+    slide_comp: np.ndarray | None = None
+    slide_w: np.ndarray | None = None
+    cross_omics: dict[str, np.ndarray] | None = None
+    cross_shift: np.ndarray | None = None
+    cross_w: np.ndarray | None = None
+
+    def for_normalised_tiles(self, mean: np.ndarray, std: np.ndarray) -> WideWeights:
+        """The same model for a network whose tiles arrive as ``(x - mean) / std``: the slide
+        terms' centre and components rewritten so the scores do not change."""
+        if self.slide_comp is None:
+            return self
+        m, s = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+        return replace(
+            self, slide_mean=(self.slide_mean - m) / s, slide_comp=s[:, None] * self.slide_comp
+        )
 
 
 @dataclass
@@ -70,6 +134,8 @@ class LinearBaseline:
     use_omics: bool = False
     n_components: int = 10
     penalizer: float = 0.1
+    #: slide terms (and their omics crosses); needs ``use_omics`` for the crosses
+    slides: SlideTerms | None = None
 
     def fit(
         self, mods: Modalities, pre: Preprocessor, table: pd.DataFrame, n_classes: int = 2
@@ -77,6 +143,8 @@ class LinearBaseline:
         pids = table["patient_id"].tolist()
         self.pre, self.mods = pre, mods
         self.pca = None
+        if self.slides is not None:
+            self.slides.fit(pids)
         if self.use_omics and mods.omics is not None and pre.genes:
             from sklearn.decomposition import PCA
 
@@ -84,7 +152,7 @@ class LinearBaseline:
             k = int(min(self.n_components, z.shape[0] - 1, z.shape[1]))
             # the exact solver: a randomized one makes the fit depend on the row order
             self.pca = PCA(k, svd_solver="full").fit(z)
-        X = design_matrix(mods, pre, pids, pca=self.pca)
+        X = design_matrix(mods, pre, pids, pca=self.pca, slides=self._slides())
         self.columns = [c for c in X.columns if X[c].std() > 1e-12]
         X = X[self.columns]
         self.n_classes = n_classes
@@ -108,6 +176,9 @@ class LinearBaseline:
             self.model.fit(X.to_numpy() if len(self.columns) else np.zeros((len(X), 1)), y)
         return self
 
+    def _slides(self) -> SlideTerms | None:
+        return self.slides if self.pca is not None else None
+
     def state(self) -> dict[str, np.ndarray]:
         """What the fit learnt, as arrays (written per fold next to a baseline's
         predictions): the design columns, the coefficients (and intercepts), the PCA."""
@@ -120,6 +191,9 @@ class LinearBaseline:
         if self.pca is not None:
             out["pca_mean"] = self.pca.mean_
             out["pca_components"] = self.pca.components_
+        if self._slides() is not None:
+            out["slide_pca_mean"] = self.slides.pca.mean_  # type: ignore[union-attr]
+            out["slide_pca_components"] = self.slides.pca.components_  # type: ignore[union-attr]
         return out
 
     def wide_weights(self, n_outputs: int) -> WideWeights:
@@ -165,10 +239,29 @@ class LinearBaseline:
                 n = len(pre.genes[a])
                 omics[a] = full[start : start + n]
                 start += n
-        return WideWeights(num, cat, omics, shift, bias)
+        out = WideWeights(num, cat, omics, shift, bias)
+        st = self._slides()
+        if st is not None:
+            assert self.pca is not None
+            k, c = st.pca.n_components_, min(st.n_cross, self.pca.n_components_)
+            zero = np.zeros(n_outputs)
+            out.slide_mean = st.pca.mean_
+            out.slide_comp = st.pca.components_.T
+            out.slide_w = np.stack([w.get(f"S{i + 1}", zero) for i in range(k)])
+            qc = self.pca.components_[:c].T  # genes of every assay x crossed components
+            out.cross_shift = self.pca.mean_ @ qc
+            out.cross_omics, start = {}, 0
+            for a in pre.genes:
+                n = len(pre.genes[a])
+                out.cross_omics[a] = qc[start : start + n]
+                start += n
+            out.cross_w = np.stack(
+                [w.get(f"S{i + 1}xPC{j + 1}", zero) for i in range(k) for j in range(c)]
+            )
+        return out
 
     def predict(self, pids: list[str]) -> np.ndarray:
-        X = design_matrix(self.mods, self.pre, pids, pca=self.pca).reindex(
+        X = design_matrix(self.mods, self.pre, pids, pca=self.pca, slides=self._slides()).reindex(
             columns=self.columns, fill_value=0.0
         )
         if self.task == "survival":

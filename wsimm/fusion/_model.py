@@ -82,6 +82,11 @@ class FusionSpec:
     wide: bool = False  # a linear model over the same inputs, added to the output
     wide_genes: dict[str, int] | None = None  # genes per assay the wide part reads
     coattention: bool = False  # gene-group nodes attend over their patient's tiles, and back
+    #: the wide part also reads the slides: ``cross_slide_pcs`` components of the patient's
+    #: mean tile and their products with ``cross_omics_pcs`` omics components
+    cross: bool = False
+    cross_slide_pcs: int = 8
+    cross_omics_pcs: int = 4
     contrastive: float = 0.0  # weight of the slide <-> omics InfoNCE loss (training only)
     temperature: float = 0.1  # of the contrastive loss
 
@@ -97,6 +102,12 @@ class FusionSpec:
                 "fusion_kwargs coattention needs --fusion graph (gene-group nodes attend over "
                 f"tiles), got --fusion {self.fusion}"
             )
+        if self.cross and not (self.wide and {"slide", "omics"} <= set(self.modalities)):
+            raise ConfigError(
+                "fusion_kwargs cross needs the wide part (graph fusion) with slides and omics"
+            )
+        if self.cross and min(self.cross_slide_pcs, self.cross_omics_pcs) < 1:
+            raise ConfigError("fusion_kwargs cross_slide_pcs and cross_omics_pcs must be >= 1")
         if self.contrastive < 0 or self.temperature <= 0:
             raise ConfigError("fusion_kwargs contrastive must be >= 0 and temperature > 0")
         if self.hidden % self.heads:
@@ -205,6 +216,15 @@ class FusionNet(nn.Module):
             for i, a in enumerate(self.wide_assays):
                 self.register_buffer(f"wide_omics_{i}", z(spec.wide_genes[a], K))  # type: ignore[index]
             self.register_buffer("wide_shift", z(K))
+        if spec.cross:  # sizes fixed by the spec; components a fold cannot fit stay at 0
+            S, C, D = spec.cross_slide_pcs, spec.cross_omics_pcs, spec.slide_dim
+            self.register_buffer("wide_slide_mean", z(D))
+            self.register_buffer("wide_slide_comp", z(D, S))
+            self.register_buffer("wide_slide_w", z(S, K))
+            for i, a in enumerate(self.wide_assays):
+                self.register_buffer(f"wide_cross_omics_{i}", z(spec.wide_genes[a], C))  # type: ignore[index]
+            self.register_buffer("wide_cross_shift", z(C))
+            self.register_buffer("wide_cross_w", z(S * C, K))
         last = [self.head[-1]] if hasattr(self, "head") else list(self.heads_m.values())
         for layer in last:
             nn.init.zeros_(layer.weight)
@@ -228,12 +248,46 @@ class FusionNet(nn.Module):
                 name = f"wide_omics_{i}"
                 put(name, w.omics.get(a, np.zeros(tuple(getattr(self, name).shape))))
             put("wide_shift", w.omics_shift)
+        if self.spec.cross:
+            self._put_cross(w)
+
+    def _put_cross(self, w) -> None:
+        """The slide and cross terms of ``w`` into the (fixed-size) buffers, zero-padded."""
+        names = ["wide_slide_mean", "wide_slide_comp", "wide_slide_w", "wide_cross_shift"]
+        names += [f"wide_cross_omics_{i}" for i in range(len(self.wide_assays))]
+        for name in [*names, "wide_cross_w"]:
+            getattr(self, name).zero_()
+        if w.slide_comp is None:  # fitted without slides: no slide terms
+            return
+
+        def put(name: str, value) -> None:
+            buf = getattr(self, name)
+            v = torch.as_tensor(np.asarray(value), dtype=buf.dtype).to(buf.device)
+            buf[tuple(slice(0, n) for n in v.shape)] = v
+
+        S, C = w.slide_comp.shape[1], w.cross_shift.shape[0]
+        put("wide_slide_mean", w.slide_mean)
+        put("wide_slide_comp", w.slide_comp)
+        put("wide_slide_w", w.slide_w)
+        put("wide_cross_shift", w.cross_shift)
+        for i, a in enumerate(self.wide_assays):
+            if a in w.cross_omics:
+                put(f"wide_cross_omics_{i}", w.cross_omics[a])
+        full = np.zeros((self.spec.cross_slide_pcs, self.spec.cross_omics_pcs, w.cross_w.shape[1]))
+        full[:S, :C] = np.asarray(w.cross_w).reshape(S, C, -1)
+        put("wide_cross_w", full.reshape(-1, full.shape[2]))
 
     def wide_terms(
-        self, data, keep: dict[str, Tensor] | None = None, B: int | None = None
+        self,
+        data,
+        keep: dict[str, Tensor] | None = None,
+        B: int | None = None,
+        slide_mean: tuple[Tensor, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """The wide part's output ``(B, K)`` per modality (and ``bias``); a modality whose
-        nodes are all left out (dropout, removal, absence) adds nothing."""
+        nodes are all left out (dropout, removal, absence) adds nothing. With ``cross``,
+        ``slide_mean`` is each patient's mean tile ``(B, D)`` and whether it has one ``(B,)``
+        (:meth:`patient_tile_mean`), giving ``slide`` and ``cross`` (slide x omics) terms."""
         keep = keep or {}
         B = int(data.num_graphs) if B is None else B
         dev = self.patient_device
@@ -249,15 +303,43 @@ class FusionNet(nn.Module):
         if "omics" in self.mods:
             o = torch.zeros(B, self.spec.n_outputs, device=dev)
             st = data["gene_group"]
+            has = torch.zeros(B, device=dev)  # per patient: takes part with its omics
             if st.num_nodes:
                 k = keep.get("gene_group", torch.ones(st.num_nodes, dtype=torch.bool, device=dev))
-                has = torch.zeros(B, device=dev).index_fill_(0, st.batch[k], 1.0)
+                has = has.index_fill_(0, st.batch[k], 1.0)
                 o = o - self.wide_shift
                 for i, a in enumerate(self.wide_assays):
                     o = o + getattr(data, f"omics_{a}") @ getattr(self, f"wide_omics_{i}")
                 o = o * has[:, None]
             out["omics"] = o
+            if self.spec.cross and slide_mean is not None:
+                m, has_s = slide_mean
+                s = (m - self.wide_slide_mean) @ self.wide_slide_comp  # (B, S)
+                q = -self.wide_cross_shift.expand(B, -1)
+                for i, a in enumerate(self.wide_assays):
+                    q = q + getattr(data, f"omics_{a}") @ getattr(self, f"wide_cross_omics_{i}")
+                x = (s[:, :, None] * q[:, None, :]).flatten(1)  # (B, S * C), slide major
+                out["slide"] = (s @ self.wide_slide_w) * has_s[:, None]
+                out["cross"] = (x @ self.wide_cross_w) * (has_s * has)[:, None]
         return out
+
+    def patient_tile_mean(self, data, tiles, keep: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Each patient's mean tile (the mean of its kept slides' tile means) ``(B, D)`` and
+        whether it has a kept slide ``(B,)``, from the tiles given to :meth:`forward`."""
+        B, dev = int(data.num_graphs), self.patient_device
+        D = self.spec.slide_dim
+        st = data["slide"]
+        if tiles is None or not st.num_nodes:
+            return torch.zeros(B, D, device=dev), torch.zeros(B, device=dev)
+        tx, tb = tiles
+        n = int(st.num_nodes)
+        cnt = torch.zeros(n, device=dev).index_add_(0, tb, torch.ones_like(tb, dtype=tx.dtype))
+        sm = torch.zeros(n, D, device=dev).index_add_(0, tb, tx) / cnt.clamp(min=1)[:, None]
+        k = keep.get("slide", torch.ones(n, dtype=torch.bool, device=dev)) & (cnt > 0)
+        k = k.to(tx.dtype)
+        ns = torch.zeros(B, device=dev).index_add_(0, st.batch, k)
+        pm = torch.zeros(B, D, device=dev).index_add_(0, st.batch, sm * k[:, None])
+        return pm / ns.clamp(min=1)[:, None], (ns > 0).to(tx.dtype)
 
     def _head(self, n_in: int) -> nn.Sequential:
         h, p = self.spec.hidden, self.spec.dropout
@@ -407,7 +489,10 @@ class FusionNet(nn.Module):
             logits, weights = self._graph_forward(data, x, keep, B)
         else:
             logits = self._flat_forward(data, x, kind_all, keep, B)
-        wide = self.wide_terms(data, keep, B) if self.spec.wide else None
+        wide = None
+        if self.spec.wide:
+            sm = self.patient_tile_mean(data, tiles, keep) if self.spec.cross else None
+            wide = self.wide_terms(data, keep, B, sm)
         if wide is not None:
             logits = logits + sum(wide.values())
         align = self._align_loss(data, x, keep, B) if self.align and self.training else None

@@ -15,9 +15,9 @@ FUSION_CHOICES = ("none", "graph", "late", "concat", "kronecker")
 
 
 #: fusion_kwargs that only the graph fusion has
-GRAPH_ONLY_KWARGS = ("coattention",)
+GRAPH_ONLY_KWARGS = ("coattention", "cross")
 #: fusion_kwargs that add to the run's own network; its network baselines train without them
-EXTRA_KWARGS = ("coattention", "contrastive")
+EXTRA_KWARGS = ("coattention", "contrastive", "cross")
 #: fusion_kwargs of the run's own network at test time (uncertainty weighting): its network
 #: baselines stay plain, and the same network's unweighted scores are reported beside it
 TEST_TIME_KWARGS = ("uncertainty", "interval")

@@ -371,7 +371,17 @@ def fit_fusion_fold(
         wide_genes={a: len(g) for a, g in pre.genes.items()} if "omics" in modalities else None,
         **kw,
     )
-    wide_w = _fit_wide(cfg, mods, pre, tr, wide_mods, n_out, fold) if wide else None
+    plan = _WidePlan(wide_mods)
+    if wide and spec.cross:  # slide terms: each patient's mean tile, penalty on validation
+        plan = replace(
+            plan,
+            slides=_patient_tile_means(fd, all_ids),
+            n_slide=spec.cross_slide_pcs,
+            n_cross=spec.cross_omics_pcs,
+            norm=norm,
+        )
+        plan.penalizer = _choose_wide_penalty(cfg, mods, pre, tr, va, plan, n_out)
+    wide_w = _fit_wide(cfg, mods, pre, tr, plan, n_out, fold) if wide else None
     index = [[pre.genes[a].index(x) for x in genes] for _, a, genes in pre.kinds]
     all_tab = pd.concat([tr, va, te], ignore_index=True)
     objective = _Objective(cfg, tr, bins, n_out)
@@ -413,7 +423,7 @@ def fit_fusion_fold(
         bar.update(task_id, completed=cfg.epochs * n_models)
     if wide_w is not None:  # the epoch is chosen: refit the linear part on train + validation
         trva = pd.concat([tr, va], ignore_index=True)
-        wide_w = _fit_wide(cfg, mods, pre, trva, wide_mods, n_out, fold, refit=True) or wide_w
+        wide_w = _fit_wide(cfg, mods, pre, trva, plan, n_out, fold, refit=True) or wide_w
         for m in members:
             m.set_wide(wide_w)
     net = members[0] if n_models == 1 else FusionEnsemble(members)
@@ -433,10 +443,12 @@ def fit_fusion_fold(
         "best_epoch": best_epoch,
         "ensemble": n_models,
     }
+    if plan.slides is not None:
+        fm.meta["wide_penalizer"] = plan.penalizer
     if unc is not None:  # each modality's contribution scale, from training patients
         if wide_w is not None:  # the linear part's own uncertainty: bootstrap refits
             runner.wides = _bootstrap_wide(
-                cfg, mods, pre, pd.concat([tr, va], ignore_index=True), wide_mods, n_out,
+                cfg, mods, pre, pd.concat([tr, va], ignore_index=True), plan, n_out,
                 fold, n=unc.passes, seed=seed,
             )  # fmt: skip
             runner.wide = wide_w
@@ -511,24 +523,50 @@ def fit_fusion_fold(
     return res
 
 
+@dataclass
+class _WidePlan:
+    """How a fold's wide part is fitted: its modalities, the slide terms' per-patient mean
+    tiles (``cross``; raw features, the PCA's own centring is all it needs) and the penalty
+    (chosen on validation patients with ``cross``); ``norm`` is the tile normalisation the
+    network applies before its wide part sees the tiles (folded into the slide terms)."""
+
+    mods: list[str]
+    slides: pd.DataFrame | None = None
+    penalizer: float = 0.1
+    n_slide: int = 8
+    n_cross: int = 4
+    norm: FeatureNorm | None = None
+
+    def baseline(self, task: str):
+        from wsimm.fusion import LinearBaseline, SlideTerms
+
+        st = None
+        if self.slides is not None:  # a fresh PCA per fit (bootstrap refits run in turn)
+            st = SlideTerms(self.slides, self.n_slide, self.n_cross)
+        return LinearBaseline(
+            task, use_omics="omics" in self.mods, penalizer=self.penalizer, slides=st
+        )
+
+
+#: penalties a wide part with slide terms chooses from, on the fold's validation patients
+CROSS_PENALTIES = (0.03, 0.1, 0.3, 1.0)
+
+
 def _fit_wide(
-    cfg, mods, pre, tr: pd.DataFrame, wide_mods: list[str], n_out: int, fold: int, refit=False
+    cfg, mods, pre, tr: pd.DataFrame, plan: _WidePlan, n_out: int, fold: int, refit=False
 ):
     """The wide part of a fold's network: the linear model (penalised Cox, or multinomial
-    logistic regression) on the modalities in ``wide_mods``, fitted on the patients in ``tr``
-    (the training patients; with ``refit``, training + validation once the epoch is chosen),
-    written over the network's inputs."""
-    from wsimm.fusion import LinearBaseline
-
-    view = Modalities(
-        omics=mods.omics if "omics" in wide_mods else None,
-        clinical=mods.clinical if "clinical" in wide_mods else None,
-        clinical_spec=mods.clinical_spec,
-    )
+    logistic regression) on the modalities in ``plan.mods`` (with ``plan.slides``, slide
+    terms and slide x omics crosses too), fitted on the patients in ``tr`` (the training
+    patients; with ``refit``, training + validation once the epoch is chosen), written over
+    the network's inputs."""
     n_classes = n_out if cfg.task == "grade" else 0
     try:
-        lb = LinearBaseline(cfg.task, use_omics="omics" in wide_mods).fit(view, pre, tr, n_classes)
-        return lb.wide_weights(n_out)
+        lb = plan.baseline(cfg.task).fit(_wide_view(mods, plan), pre, tr, n_classes)
+        w = lb.wide_weights(n_out)
+        if plan.norm is not None:  # the network's tiles arrive normalised
+            w = w.for_normalised_tiles(plan.norm.mean, plan.norm.std)
+        return w
     except Exception as e:  # the deep part still trains; say why
         warnings.warn(
             f"fold {fold}: the fusion network's linear (wide) part could not be "
@@ -540,7 +578,55 @@ def _fit_wide(
         return None
 
 
-def _bootstrap_wide(cfg, mods, pre, trva, wide_mods, n_out, fold, *, n: int, seed: int) -> list:
+def _wide_view(mods: Modalities, plan: _WidePlan) -> Modalities:
+    return Modalities(
+        omics=mods.omics if "omics" in plan.mods else None,
+        clinical=mods.clinical if "clinical" in plan.mods else None,
+        clinical_spec=mods.clinical_spec,
+    )
+
+
+def _choose_wide_penalty(cfg, mods, pre, tr, va, plan: _WidePlan, n_out: int) -> float:
+    """The penalty of a wide part with slide terms: the one of :data:`CROSS_PENALTIES` whose
+    fit on the training patients scores best on the validation patients (c-index, or the
+    log loss for grading); no test patient is seen."""
+    from wsimm.survival import c_index
+
+    n_classes = n_out if cfg.task == "grade" else 0
+    view, pids = _wide_view(mods, plan), va["patient_id"].tolist()
+    best, best_pen = -np.inf, plan.penalizer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for pen in CROSS_PENALTIES:
+            try:
+                lb = replace(plan, penalizer=pen).baseline(cfg.task).fit(view, pre, tr, n_classes)
+                pred = lb.predict(pids)
+            except Exception:  # a penalty the solver cannot fit is not chosen
+                continue
+            if cfg.task == "survival":
+                score = c_index(va["time"].to_numpy(), va["event"].to_numpy(), pred)
+            else:
+                p = np.clip(pred[np.arange(len(va)), va["y"].to_numpy()], 1e-12, 1)
+                score = float(np.log(p).mean())
+            if np.isfinite(score) and score > best:
+                best, best_pen = score, pen
+    return best_pen
+
+
+def _patient_tile_means(fd: FusionData, pids: list[str]) -> pd.DataFrame:
+    """Per patient with a slide, the mean of its slides' mean tiles (raw features): what the
+    network's wide part computes from the tiles it is given."""
+    rows = {}
+    for p in pids:
+        ms = []
+        for sid in fd.mods.slides.get(p) or []:
+            ms.append(np.asarray(fd.source.slide(sid), np.float64).mean(0))  # type: ignore[union-attr]
+        if ms:
+            rows[p] = np.mean(ms, 0)
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _bootstrap_wide(cfg, mods, pre, trva, plan: _WidePlan, n_out, fold, *, n, seed) -> list:
     """The wide part refitted on ``n`` bootstrap resamples of the training + validation
     patients (uncertainty weighting: one per Monte Carlo pass), quietly skipping resamples
     it cannot be fitted on."""
@@ -549,7 +635,7 @@ def _bootstrap_wide(cfg, mods, pre, trva, wide_mods, n_out, fold, *, n: int, see
         warnings.simplefilter("ignore", WsimmWarning)
         for b in range(n):
             idx = np.random.default_rng([seed, 104729, b]).integers(0, len(trva), len(trva))
-            w = _fit_wide(cfg, mods, pre, trva.iloc[idx], wide_mods, n_out, fold, refit=True)
+            w = _fit_wide(cfg, mods, pre, trva.iloc[idx], plan, n_out, fold, refit=True)
             if w is not None:
                 out.append(w)
     return out
@@ -669,6 +755,9 @@ def baseline_plan(cfg: TrainConfig, modalities: list[str]) -> list[tuple[str, di
         plan.append(("slide_mil", {"fusion": "concat", "modalities": ["slide"]}))
     if "clinical" in modalities and len(modalities) > 1:
         plan.append(("clinical_net", {"fusion": "concat", "modalities": ["clinical"]}))
+    if cfg.fusion_kwargs.get("cross") and {"slide", "omics"} <= set(modalities):
+        # the run's wide part alone: what its slide x omics crosses reach without a network
+        plan.append((f"clinical_omics_slide_cross_{lin}", {"linear": "cross"}))
     extras = any(cfg.fusion_kwargs.get(k) for k in EXTRA_KWARGS)
     if len(modalities) > 1:
         for f in ("late", "concat", "kronecker", "graph"):
@@ -698,9 +787,13 @@ def fit_linear_fold(
     sets: dict[str, list[str]],
     fold: int,
     *,
-    use_omics: bool,
+    use_omics: bool | str,
 ) -> FoldResult:
-    """A linear baseline (Cox or logistic) on clinical (+ PCA of omics) for one fold."""
+    """A linear baseline (Cox or logistic) on clinical (+ PCA of omics) for one fold; with
+    ``use_omics="cross"`` also the slide terms of the graph fusion's ``cross`` wide part
+    (mean-tile PCA and its products with the omics components; tiles normalised and the
+    penalty chosen on the validation patients as the wide part does), i.e. that wide part
+    alone."""
     from wsimm.fusion import LinearBaseline
 
     rows = table.set_index("patient_id")
@@ -708,7 +801,23 @@ def fit_linear_fold(
     te = rows.loc[sets["test"]].reset_index()
     pre = Preprocessor.fit(fd.mods, tr["patient_id"].tolist())
     n_classes = int(table["y"].max()) + 1 if cfg.task == "grade" else 0
-    lb = LinearBaseline(cfg.task, use_omics=use_omics).fit(fd.mods, pre, tr, n_classes)
+    if use_omics == "cross":
+        train_only = rows.loc[sets["train"]].reset_index()
+        pre_tr = Preprocessor.fit(fd.mods, sets["train"])
+        kw = dict(cfg.fusion_kwargs)
+        plan = _WidePlan(
+            ["omics", "clinical"],
+            slides=_patient_tile_means(fd, tr["patient_id"].tolist() + sets["test"]),
+            n_slide=int(kw.get("cross_slide_pcs", 8)),
+            n_cross=int(kw.get("cross_omics_pcs", 4)),
+        )
+        va = rows.loc[sets["val"]].reset_index()
+        plan.penalizer = _choose_wide_penalty(
+            cfg, fd.mods, pre_tr, train_only, va, plan, n_classes or 1
+        )
+        lb = plan.baseline(cfg.task).fit(fd.mods, pre, tr, n_classes)
+    else:
+        lb = LinearBaseline(cfg.task, use_omics=use_omics).fit(fd.mods, pre, tr, n_classes)
     fm = FoldModel(model=None, norm=None, bins=None, meta={"task": cfg.task})
     if cfg.task == "survival":
         tr_risk = lb.predict(tr["patient_id"].tolist())
