@@ -56,6 +56,12 @@ def test_cross_terms_see_the_interaction(family, tmp_path):
     pens = [f.get("wide_penalizer") for f in _metas(res.out)]
     assert all(p is not None for p in pens)
     assert np.isfinite(res.predictions["risk"]).all()
+    # a saved fold rebuilds its slide and cross terms (fixed-size buffers from the spec)
+    from wsimm.train._fusion import load_fusion_fold
+
+    net = load_fusion_fold(res.out / "fold_0").model
+    assert net.spec.cross and float(net.wide_cross_w.abs().sum()) > 0
+    assert float(net.wide_slide_comp.abs().sum()) > 0
 
 
 def _metas(out):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,8 @@ class FusionData:
     mods: Modalities
     source: BagSource | None
     slide_ids: list[str]
+    #: per patient, the mean of its slides' mean tiles (read once per run; features, not fits)
+    tile_means: dict[str, np.ndarray | None] = field(default_factory=dict, repr=False)
 
     @property
     def slide_index(self) -> dict[str, int]:
@@ -615,14 +617,19 @@ def _choose_wide_penalty(cfg, mods, pre, tr, va, plan: _WidePlan, n_out: int) ->
 
 def _patient_tile_means(fd: FusionData, pids: list[str]) -> pd.DataFrame:
     """Per patient with a slide, the mean of its slides' mean tiles (raw features): what the
-    network's wide part computes from the tiles it is given."""
+    network's wide part computes from the tiles it is given. Read once per run (the folds
+    and the ``cross`` baseline share them; they are features, not fits)."""
+    cache = fd.tile_means
     rows = {}
     for p in pids:
-        ms = []
-        for sid in fd.mods.slides.get(p) or []:
-            ms.append(np.asarray(fd.source.slide(sid), np.float64).mean(0))  # type: ignore[union-attr]
-        if ms:
-            rows[p] = np.mean(ms, 0)
+        if p not in cache:
+            ms = [
+                np.asarray(fd.source.slide(sid), np.float64).mean(0)  # type: ignore[union-attr]
+                for sid in fd.mods.slides.get(p) or []
+            ]
+            cache[p] = np.mean(ms, 0) if ms else None
+        if cache[p] is not None:
+            rows[p] = cache[p]
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
