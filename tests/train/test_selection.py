@@ -37,8 +37,9 @@ def test_selection_without_a_finite_validation_loss_says_why():
 
 
 def test_a_network_kept_at_its_first_epoch_is_reported(tmp_path):
-    """Labels unrelated to the bags and a learning rate that overfits at once: validation loss
-    is lowest after the first epoch, and the run says so (metrics.json 'stalled' + a note)."""
+    """Labels unrelated to the bags and a learning rate that overfits at once: the kept epoch
+    is the first or no better than a constant prediction, and the run says so (metrics.json
+    'stalled' + a note)."""
     import warnings
 
     from wsimm.errors import WsimmWarning
@@ -58,15 +59,16 @@ def test_a_network_kept_at_its_first_epoch_is_reported(tmp_path):
         res = train(store=str(tmp_path / "s.zarr"), labels=str(tmp_path / "l.csv"),
                     task="grade", out=str(tmp_path / "r"), folds=3, epochs=6, lr=0.05,
                     quiet=True, seed=0)  # fmt: skip
-    first = [r["fold"] for r in res.metrics["folds"] if r["best_epoch"] == 0]
-    assert first, [r["best_epoch"] for r in res.metrics["folds"]]
+    folds = res.metrics["folds"]
+    first = [r["fold"] for r in folds if r["best_epoch"] == 0 or not r["left_flat_start"]]
+    assert first, [(r["best_epoch"], r["left_flat_start"]) for r in folds]
     assert res.metrics["stalled"] == {"abmil": first}
     notes = [str(w.message) for w in said if "kept the first epoch" in str(w.message)]
     assert len(notes) == 1 and f"abmil fold(s) {', '.join(map(str, first))}" in notes[0]
     assert stalled_folds(_cfg(1), res.metrics) == {}  # one epoch: nothing to compare
     # a fold kept at its first epoch was restarted twice first (restarts: 2, the default),
     # and each fold keeps the attempt with the lowest validation loss
-    assert all(r["attempts"] == 3 for r in res.metrics["folds"] if r["best_epoch"] == 0)
+    assert all(r["attempts"] == 3 for r in folds if r["fold"] in first)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", WsimmWarning)
         once = train(store=str(tmp_path / "s.zarr"), labels=str(tmp_path / "l.csv"),
@@ -100,3 +102,51 @@ def test_stalled_folds_cover_the_model_and_network_baselines():
     }
     assert stalled_folds(_cfg(40), metrics) == {"graph fusion": [1], "concat_fusion": [0, 4]}
     assert stalled_folds(_cfg(1), metrics) == {}
+
+
+@pytest.mark.parametrize(
+    ("balance", "expected"),
+    [
+        ("weights", np.log(2)),  # classes weighed equal: the constant is 1/2, 1/2
+        ("sampler", np.log(2)),  # batches drawn balanced: the same
+        ("none", -(0.5 * np.log(0.75) + 0.5 * np.log(0.25))),  # the training shares 3:1
+    ],
+)
+def test_the_flat_start_loss_is_the_best_constant_for_the_objective(balance, expected):
+    cfg = TrainConfig(task="grade", out="unused", balance=balance)
+    train = pd.DataFrame({"y": [0, 0, 0, 1]})
+    obj = _Objective(cfg, train, None, 2)
+    val = {"y": torch.tensor([0, 1, 0, 1])}
+    got = obj.constant_loss(val, train, 2)
+    assert got == pytest.approx(expected, rel=1e-5)
+    surv = _Objective(TrainConfig(task="survival", out="u"), train, None, 1)
+    assert surv.constant_loss(val, train, 1) is None  # survival: no floor
+    if balance == "sampler":  # the constant a balanced sampler trains towards: uniform
+        return
+    # on the training patients no other constant does better under the objective
+    tg_tr = obj.targets(train, "cpu")
+    best = obj.constant_loss(tg_tr, train, 2)
+    for p in np.linspace(0.05, 0.95, 19):
+        lg = torch.log(torch.tensor([[p, 1 - p]], dtype=torch.float32)).expand(4, 2)
+        assert float(obj(lg, tg_tr, torch.arange(4))) >= best - 1e-6
+
+
+def test_patience_waits_until_an_epoch_beats_the_flat_start():
+    """Validation loss that rises above chance before it falls (what small cohorts show):
+    without a floor early stopping keeps epoch 0; with one it trains on and keeps the dip."""
+    model = torch.nn.Linear(2, 1)
+    curve = [0.70, 0.72, 0.80, 0.90, 0.85, 0.80, 0.75, 0.71, 0.69, 0.60, 0.55, 0.58, 0.6, 0.6]
+
+    def run(floor):
+        sel = EpochSelection(patience=3, floor=floor)
+        for e, v in enumerate(curve):
+            if sel.end_epoch(model, e, 0.5, v, {}):
+                break
+        return sel, e
+
+    plain, stop = run(None)
+    assert (plain.best_epoch, stop, plain.left_flat_start) == (0, 3, False)
+    floored, stop = run(np.log(2))
+    assert (floored.best_epoch, stop, floored.left_flat_start) == (10, 13, True)
+    never, stop = run(0.5)  # never below the floor: trains to the last epoch, says so
+    assert stop == len(curve) - 1 and not never.left_flat_start

@@ -36,7 +36,7 @@ class _Objective:
     def __init__(self, cfg: TrainConfig, table: pd.DataFrame, bins: TimeBins | None, n_out: int):
         import torch
 
-        self.task = cfg.task
+        self.task, self.balance = cfg.task, cfg.balance
         self.cox = cfg.task == "survival" and cfg.survival_loss == "cox"
         self.bins = bins
         self.weight = None
@@ -47,6 +47,25 @@ class _Objective:
             # patients were all of such classes (tiny cohorts), so no epoch was ever kept
             w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_out, 1.0)
             self.weight = torch.as_tensor(w, dtype=torch.float32)
+
+    def constant_loss(self, tg: dict, train: pd.DataFrame, n_out: int) -> float | None:
+        """The loss on targets ``tg`` of the best constant prediction for the training
+        patients ``train`` (their class shares, as this objective weighs them): what a network
+        still at its flat start scores. ``None`` for survival (no closed-form constant)."""
+        import torch
+
+        if self.task != "grade":
+            return None
+        counts = np.bincount(train["y"].to_numpy(), minlength=n_out).astype(np.float64)
+        if self.weight is not None:
+            counts = counts * self.weight.double().numpy()
+        elif self.balance == "sampler":
+            counts = (counts > 0).astype(np.float64)
+        share = np.clip(counts / counts.sum(), 1e-6, None)
+        y = tg["y"]
+        logits = torch.log(torch.as_tensor(share, dtype=torch.float32, device=y.device))
+        logits = logits.expand(len(y), n_out)
+        return float(self(logits, tg, torch.arange(len(y), device=y.device)))
 
     def targets(self, table: pd.DataFrame, device: str) -> dict:
         import torch
@@ -78,10 +97,19 @@ class _Objective:
 class EpochSelection:
     """Model selection on the validation split, shared by every training loop: each epoch's
     history row, a non-finite training loss refused, the weights of the epoch with the lowest
-    validation loss kept, and early stopping after ``patience`` epochs without improvement."""
+    validation loss kept, and early stopping after ``patience`` epochs without improvement.
 
-    def __init__(self, patience: int, *, bar=None, task_id=None, label: str = "") -> None:
+    With a ``floor`` (the validation loss of the best constant prediction, see
+    :meth:`_Objective.constant_loss`) the patience is counted only once some epoch has beaten
+    it: a network that has not yet left its flat start trains on rather than being stopped
+    there (issue 22: on small cohorts the validation loss often rises for 10-20 epochs before
+    it falls below chance). Selection is unchanged: the lowest validation loss is kept."""
+
+    def __init__(
+        self, patience: int, *, bar=None, task_id=None, label: str = "", floor: float | None = None
+    ) -> None:
         self.patience, self.bar, self.task_id, self.label = patience, bar, task_id, label
+        self.floor = floor
         self.best_loss, self.best_epoch, self._state = math.inf, -1, None
         self.attempt = 0  # which initialisation (fit_fold's restarts)
         self.history: list[dict] = []
@@ -100,7 +128,16 @@ class EpochSelection:
             self._state = copy.deepcopy(model.state_dict())
         if self.bar is not None:
             self.bar.update(self.task_id, advance=1, rate=f"val loss {val_loss:.3f}")
-        return epoch - self.best_epoch >= self.patience
+        waiting = self.floor is not None and not self.left_flat_start
+        return not waiting and epoch - self.best_epoch >= self.patience
+
+    @property
+    def left_flat_start(self) -> bool:
+        """Whether the kept epoch is past the flat start: below the floor when there is one,
+        otherwise any epoch after the first."""
+        if self.floor is not None:
+            return self.best_loss < self.floor
+        return self.best_epoch > 0
 
     def restore(self, model) -> None:
         """Load the kept weights into ``model``."""
@@ -152,7 +189,7 @@ def fit_fold(
         got = _attempt(cfg, source, tr, va, fold, attempt, n_out, bins, norm, device, bar, job)
         if best is None or got[2].best_loss < best[2].best_loss:
             best = got
-        if got[2].best_epoch > 0 or cfg.epochs == 1:
+        if (got[2].best_epoch > 0 and got[2].left_flat_start) or cfg.epochs == 1:
             break  # left the flat start: no restart
     fm, _, sel = best  # type: ignore[misc]
     fm.meta["attempts"] = attempt + 1
@@ -175,6 +212,8 @@ def fit_fold(
     logits = logits_of(test_ids)
     metrics = _score(fm, te, logits, tr)
     metrics["attempts"] = fm.meta["attempts"]  # > 1: restarted after a flat start
+    if sel.floor is not None:  # False: no epoch beat a constant prediction on validation
+        metrics["left_flat_start"] = bool(sel.left_flat_start)
     preds = _prediction_rows(fm, te, logits, fold)
     return FoldResult(
         fold, fm, metrics, preds, pd.DataFrame(sel.history), sel.best_epoch, train_ids
@@ -234,7 +273,8 @@ def _attempt(cfg, source, tr, va, fold, attempt, n_out, bins, norm, device, bar,
 
     name = f"fold {fold}" + (f" restart {attempt}" if attempt else "")
     task_id = bar.add_task(name, total=cfg.epochs, rate="") if bar is not None else None
-    sel = EpochSelection(cfg.patience, bar=bar, task_id=task_id, label=f"{name}: ")
+    floor = objective.constant_loss(tg_va, tr, n_out)
+    sel = EpochSelection(cfg.patience, bar=bar, task_id=task_id, label=f"{name}: ", floor=floor)
     sel.attempt = attempt
     for epoch in range(cfg.epochs):
         net.train()

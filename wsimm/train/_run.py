@@ -314,8 +314,8 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
         metrics["stalled"] = stalled
         if job.main:
             warnings.warn(
-                "kept the first epoch (the validation loss never improved after it: a stalled "
-                "network, close to untrained) in "
+                "kept the first epoch, or one no better than a constant prediction on the "
+                "validation patients (a stalled network, close to untrained) in "
                 + "; ".join(f"{m} fold(s) {', '.join(map(str, ks))}" for m, ks in stalled.items())
                 + "; its figures there are a barely trained network's (metrics.json: stalled"
                 + (
@@ -351,14 +351,19 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
 
 def stalled_folds(cfg: TrainConfig, metrics: dict[str, Any]) -> dict[str, list[int]]:
     """Per network (the run's model and its network baselines), the folds whose selected
-    epoch is the first: the validation loss never improved after one epoch."""
+    epoch is the first (the validation loss never improved after one epoch) or, where it was
+    measured (MIL grading), whose kept epoch never beat a constant prediction on validation."""
     if cfg.epochs < 2:
         return {}
     out: dict[str, list[int]] = {}
     rows = {str(metrics.get("model", cfg.model)): metrics.get("folds", [])}
     rows.update({k: b.get("folds", []) for k, b in (metrics.get("baselines") or {}).items()})
     for name, folds in rows.items():
-        ks = [int(r["fold"]) for r in folds if r.get("best_epoch") == 0]
+        ks = [
+            int(r["fold"])
+            for r in folds
+            if r.get("best_epoch") == 0 or r.get("left_flat_start") is False
+        ]
         if ks:
             out[name] = ks
     return out
