@@ -127,6 +127,8 @@ def run_cell(args, family, strength, fraction, seed, work: Path) -> list[dict]:
                 "epochs": [f["best_epoch"] for f in m["folds"]],
                 # > 1: the fold was restarted after a flat start (kept epoch 0)
                 "attempts": [f.get("attempts", 1) for f in m["folds"]],
+                # folds whose kept epoch never beat a constant prediction on validation
+                "flat": [f["fold"] for f in m["folds"] if f.get("left_flat_start") is False],
                 "top10": top,
                 "seconds": time.perf_counter() - t0,
             }
@@ -140,6 +142,7 @@ def run_cell(args, family, strength, fraction, seed, work: Path) -> list[dict]:
             + " ".join(f"{v:.3f}" for v in f)
             + (f"  ep {r['epochs']}" if r["epochs"] else "")
             + (f"  attempts {r['attempts']}" if max(r.get("attempts") or [1]) > 1 else "")
+            + (f"  flat start in folds {r['flat']}" if r.get("flat") else "")
             + (f"  top10 {r['top10']:.2f}" if r["top10"] is not None else ""),
             flush=True,
         )
