@@ -117,15 +117,15 @@ def test_the_flat_start_loss_is_the_best_constant_for_the_objective(balance, exp
     train = pd.DataFrame({"y": [0, 0, 0, 1]})
     obj = _Objective(cfg, train, None, 2)
     val = {"y": torch.tensor([0, 1, 0, 1])}
-    got = obj.constant_loss(val, train, 2)
+    got = obj.constant_loss(val)
     assert got == pytest.approx(expected, rel=1e-5)
     surv = _Objective(TrainConfig(task="survival", out="u"), train, None, 1)
-    assert surv.constant_loss(val, train, 1) is None  # survival: no floor
+    assert surv.constant_loss(val) is None  # survival: no floor
     if balance == "sampler":  # the constant a balanced sampler trains towards: uniform
         return
     # on the training patients no other constant does better under the objective
     tg_tr = obj.targets(train, "cpu")
-    best = obj.constant_loss(tg_tr, train, 2)
+    best = obj.constant_loss(tg_tr)
     for p in np.linspace(0.05, 0.95, 19):
         lg = torch.log(torch.tensor([[p, 1 - p]], dtype=torch.float32)).expand(4, 2)
         assert float(obj(lg, tg_tr, torch.arange(4))) >= best - 1e-6

@@ -36,35 +36,37 @@ class _Objective:
     def __init__(self, cfg: TrainConfig, table: pd.DataFrame, bins: TimeBins | None, n_out: int):
         import torch
 
-        self.task, self.balance = cfg.task, cfg.balance
+        self.task = cfg.task
         self.cox = cfg.task == "survival" and cfg.survival_loss == "cox"
         self.bins = bins
         self.weight = None
-        if cfg.task == "grade" and cfg.balance == "weights":
-            counts = np.bincount(table["y"].to_numpy(), minlength=n_out).astype(np.float64)
+        self.constant = None  # log class shares of the best constant prediction (grading)
+        if cfg.task != "grade":
+            return
+        counts = np.bincount(table["y"].to_numpy(), minlength=n_out).astype(np.float64)
+        shares = counts
+        if cfg.balance == "weights":
             # a class the training patients lack weighs 1: it has no training example to
             # weigh, and a weight of 0 made the validation loss 0/0 when the validation
             # patients were all of such classes (tiny cohorts), so no epoch was ever kept
             w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_out, 1.0)
             self.weight = torch.as_tensor(w, dtype=torch.float32)
+            shares = counts * w
+        elif cfg.balance == "sampler":  # batches drawn balanced over the classes present
+            shares = (counts > 0).astype(np.float64)
+        shares = np.clip(shares / shares.sum(), 1e-6, None)
+        self.constant = torch.log(torch.as_tensor(shares, dtype=torch.float32))
 
-    def constant_loss(self, tg: dict, train: pd.DataFrame, n_out: int) -> float | None:
+    def constant_loss(self, tg: dict) -> float | None:
         """The loss on targets ``tg`` of the best constant prediction for the training
-        patients ``train`` (their class shares, as this objective weighs them): what a network
-        still at its flat start scores. ``None`` for survival (no closed-form constant)."""
+        patients (their class shares, as this objective weighs them): what a network still
+        at its flat start scores. ``None`` for survival (no closed-form constant)."""
         import torch
 
-        if self.task != "grade":
+        if self.constant is None:
             return None
-        counts = np.bincount(train["y"].to_numpy(), minlength=n_out).astype(np.float64)
-        if self.weight is not None:
-            counts = counts * self.weight.double().numpy()
-        elif self.balance == "sampler":
-            counts = (counts > 0).astype(np.float64)
-        share = np.clip(counts / counts.sum(), 1e-6, None)
         y = tg["y"]
-        logits = torch.log(torch.as_tensor(share, dtype=torch.float32, device=y.device))
-        logits = logits.expand(len(y), n_out)
+        logits = self.constant.to(y.device).expand(len(y), -1)
         return float(self(logits, tg, torch.arange(len(y), device=y.device)))
 
     def targets(self, table: pd.DataFrame, device: str) -> dict:
@@ -273,7 +275,7 @@ def _attempt(cfg, source, tr, va, fold, attempt, n_out, bins, norm, device, bar,
 
     name = f"fold {fold}" + (f" restart {attempt}" if attempt else "")
     task_id = bar.add_task(name, total=cfg.epochs, rate="") if bar is not None else None
-    floor = objective.constant_loss(tg_va, tr, n_out)
+    floor = objective.constant_loss(tg_va)
     sel = EpochSelection(cfg.patience, bar=bar, task_id=task_id, label=f"{name}: ", floor=floor)
     sel.attempt = attempt
     for epoch in range(cfg.epochs):
