@@ -98,3 +98,23 @@ def test_latent_survival_risk_drives_times():
 def test_bad_knobs_are_clear_errors(kw):
     with pytest.raises(ConfigError):
         make_mil_cohort(10, **kw)
+
+
+def test_witness_oracles_see_what_the_bag_mean_cannot():
+    """The references of ``bench_mil.py``: on a sparse latent cohort the bag-mean linear model
+    is near chance while an instance classifier shown the witness tiles finds the positives."""
+    from wsimm.testing import reference_aucs
+    from wsimm.train import make_splits
+
+    c = make_latent_cohort(
+        100, seed=3, signal_strength=3.0, signal_fraction=0.05, median_tiles=200, max_tiles=600
+    )
+    p = c.patients
+    splits = make_splits(
+        p["patient_id"].tolist(), p["grade"].to_numpy(), folds=3, val_fraction=0.2, seed=0
+    )
+    ref = {k: np.asarray(v) for k, v in reference_aucs(c, splits).items()}
+    assert set(ref) == {"lr_mean", "oracle", "oracle_mlp"}
+    assert all(len(v) == 3 for v in ref.values())
+    assert ref["lr_mean"].mean() < 0.75, ref
+    assert ref["oracle_mlp"].mean() > 0.9 and ref["oracle"].mean() > 0.85, ref

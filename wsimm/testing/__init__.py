@@ -8,7 +8,7 @@ from wsimm.testing._bags import MILCohort, bags_to_store, grid_coords, make_mil_
 from wsimm.testing._cohort import Cohort, make_cohort
 from wsimm.testing._interaction import make_interaction_cohort
 from wsimm.testing._latent import make_latent_cohort
-from wsimm.testing._refs import patient_bags, reference_aucs
+from wsimm.testing._refs import patient_bags, reference_aucs, top_k_witness_share
 from wsimm.testing._slide import SyntheticSlide, write_synthetic_slide
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "make_mil_cohort",
     "patient_bags",
     "reference_aucs",
+    "top_k_witness_share",
     "write_synthetic_slide",
 ]
