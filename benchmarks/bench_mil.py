@@ -26,6 +26,7 @@ Cox model on the standardised bag means (penalty chosen on the validation patien
         --fractions 0.02 0.05 --seeds 0 1 2 \\
         --models mean max abmil abmil_gated clam_sb clam_mb transmil
     python benchmarks/bench_mil.py --task survival --quick
+    python benchmarks/bench_mil.py --task survival --survival-loss cox --quick
     python benchmarks/bench_mil.py --models      # the references alone, every cell
 """
 
@@ -147,6 +148,7 @@ def run_cell(args, family, strength, fraction, seed, work: Path) -> list[dict]:
         cfg = TrainConfig(
             store=str(store), labels=str(labels), task=args.task, model=model,
             splits=str(cell / "splits.csv"), out=str(cell / model), seed=seed, device="cpu",
+            survival_loss=args.survival_loss, model_kwargs=args.model_kwargs,
         )  # fmt: skip
         train(cfg, quiet=True)
         m = json.loads((cell / model / "metrics.json").read_text())
@@ -160,6 +162,8 @@ def run_cell(args, family, strength, fraction, seed, work: Path) -> list[dict]:
                 "epochs": [f["best_epoch"] for f in m["folds"]],
                 # > 1: the fold was restarted after a flat start (kept epoch 0)
                 "attempts": [f.get("attempts", 1) for f in m["folds"]],
+                # folds that kept BagNorm (Cox survival tries both, see wsimm.train)
+                "bag_norm": [f["fold"] for f in m["folds"] if f.get("bag_norm")],
                 # folds whose kept epoch never beat a constant prediction on validation
                 "flat": [f["fold"] for f in m["folds"] if f.get("left_flat_start") is False],
                 "top10": top,
@@ -176,6 +180,11 @@ def run_cell(args, family, strength, fraction, seed, work: Path) -> list[dict]:
             + (f"  ep {r['epochs']}" if r["epochs"] else "")
             + (f"  attempts {r['attempts']}" if max(r.get("attempts") or [1]) > 1 else "")
             + (f"  flat start in folds {r['flat']}" if r.get("flat") else "")
+            + (
+                f"  BagNorm kept in folds {r['bag_norm']}"
+                if r.get("bag_norm") and args.task == "survival"
+                else ""
+            )
             + (f"  top10 {r['top10']:.2f}" if r["top10"] is not None else ""),
             flush=True,
         )
@@ -192,6 +201,10 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=240)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--task", choices=["grade", "survival"], default="grade")
+    ap.add_argument("--survival-loss", choices=["nll", "cox"], default="nll")
+    ap.add_argument(
+        "--model-kwargs", type=json.loads, default={}, help="e.g. '{\"bag_norm\": false}'"
+    )
     ap.add_argument("--quick", action="store_true", help="one cell, mean + abmil, seed 0")
     ap.add_argument("--json", help="write every row here")
     args = ap.parse_args()

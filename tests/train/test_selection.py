@@ -3,6 +3,7 @@ still selects an epoch (the demo's 9-patient run lost two of three folds to this
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -80,6 +81,51 @@ def test_a_network_kept_at_its_first_epoch_is_reported(tmp_path):
         assert h["val_loss"].min() <= h0["val_loss"].min()
         if r["attempts"] == 1:  # no restart: the same run
             assert r == r0
+
+
+def test_cox_restarts_after_a_flat_start_switch_bag_norm_on(tmp_path):
+    """The Cox loss without ``bag_norm`` in ``model_kwargs``: the first attempt trains without
+    BagNorm, restarts after a flat start with it, and the attempt with the lowest validation
+    loss is kept (saved with the setting it was trained with). A ``bag_norm`` the user sets is
+    kept in every attempt; the discrete-time NLL keeps the model's setting."""
+    from wsimm.testing import bags_to_store, make_mil_cohort
+    from wsimm.train import train
+
+    c = make_mil_cohort(45, task="survival", seed=2, feature_dim=16, tiles_per_slide=(10, 20))
+    labels = c.labels.copy()  # outcomes unrelated to the bags: flat starts
+    perm = np.random.default_rng(0).permutation(len(c.patients))
+    shuffled = c.patients.iloc[perm].set_index(c.patients["patient_id"])
+    for col in ("time", "event"):
+        labels[col] = labels["patient_id"].map(shuffled[col])
+    bags_to_store(c.bags, tmp_path / "s.zarr")
+    labels.to_csv(tmp_path / "l.csv", index=False)
+
+    def run(name, **kw):
+        return train(store=str(tmp_path / "s.zarr"), labels=str(tmp_path / "l.csv"),
+                     task="survival", out=str(tmp_path / name), folds=3, epochs=6, lr=0.05,
+                     quiet=True, seed=0, **{"survival_loss": "cox", **kw})  # fmt: skip
+
+    def kept(res):
+        meta = [json.loads((res.out / f"fold_{k}" / "meta.json").read_text()) for k in range(3)]
+        return [(m["attempts"], m["restart_kept"], m["model_kwargs"]["bag_norm"]) for m in meta]
+
+    auto = run("auto")
+    got = kept(auto)
+    assert any(a > 1 for a, _, _ in got), got  # some fold was restarted
+    for (_a, which, bn), r in zip(got, auto.metrics["folds"], strict=True):
+        assert bn == (which > 0) == r["bag_norm"], got  # restarts, and only they, use BagNorm
+    off = run("off", model_kwargs={"bag_norm": False})
+    assert not any(bn for _, _, bn in kept(off))
+    once = run("once", restarts=0)  # the first attempt alone
+    for r, r0 in zip(auto.metrics["folds"], once.metrics["folds"], strict=True):
+        h, h0 = (pd.read_csv(x / f"fold_{r['fold']}" / "history.csv") for x in (auto.out, once.out))
+        assert h["val_loss"].min() <= h0["val_loss"].min()
+        if r["attempts"] == 1:  # no restart: the same run
+            assert (
+                h["val_loss"].tolist() == h0["val_loss"].tolist() and r["c_index"] == r0["c_index"]
+            )
+    nll = run("nll", survival_loss="nll")
+    assert not any(bn for _, _, bn in kept(nll))
 
 
 def _cfg(epochs):
