@@ -162,7 +162,7 @@ def run_cell(args, family, strength, fraction, seed, work: Path) -> list[dict]:
                 "epochs": [f["best_epoch"] for f in m["folds"]],
                 # > 1: the fold was restarted after a flat start (kept epoch 0)
                 "attempts": [f.get("attempts", 1) for f in m["folds"]],
-                # folds that kept BagNorm (Cox survival tries both, see wsimm.train)
+                # folds that kept BagNorm (Cox survival restarts with it, see wsimm.train)
                 "bag_norm": [f["fold"] for f in m["folds"] if f.get("bag_norm")],
                 # folds whose kept epoch never beat a constant prediction on validation
                 "flat": [f["fold"] for f in m["folds"] if f.get("left_flat_start") is False],
