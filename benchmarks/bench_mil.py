@@ -66,28 +66,30 @@ def references(c, splits: pd.DataFrame, task: str) -> dict[str, list[float]]:
 
         return reference_aucs(c, splits)
     from wsimm.survival import c_index
+    from wsimm.testing import patient_bags
 
     truth = c.patients.set_index("patient_id")
+    mean = {p: x.mean(0) for p, (x, _) in patient_bags(c).items()}
     out: dict[str, list[float]] = {"true_risk": [], "cox_mean": []}
     for _k, d in splits.groupby("fold", sort=True):
         ids = {s: d.loc[d["set"] == s, "patient_id"].tolist() for s in ("train", "val", "test")}
         te = truth.loc[ids["test"]]
         t, e = te["time"].to_numpy(), te["event"].to_numpy()
         out["true_risk"].append(c_index(t, e, te["risk"].to_numpy()))
-        out["cox_mean"].append(c_index(t, e, cox_on_bag_means(c, truth, ids)))
+        out["cox_mean"].append(c_index(t, e, cox_on_bag_means(mean, truth, ids)))
     return out
 
 
-def cox_on_bag_means(c, truth: pd.DataFrame, ids: dict[str, list[str]]) -> np.ndarray:
+def cox_on_bag_means(
+    mean: dict[str, np.ndarray], truth: pd.DataFrame, ids: dict[str, list[str]]
+) -> np.ndarray:
     """The survival twin of ``lr_mean``: a ridge Cox model on the standardised mean of each
-    patient's tiles (statistics from training patients), penalty chosen by validation c-index;
-    returns the test patients' risks."""
+    patient's tiles (``mean``; statistics from training patients), penalty chosen by validation
+    c-index; returns the test patients' risks."""
     from lifelines import CoxPHFitter
 
     from wsimm.survival import c_index
-    from wsimm.testing import patient_bags
 
-    mean = {p: x.mean(0) for p, (x, _) in patient_bags(c).items()}
     xm = {s: np.stack([mean[p] for p in ids[s]]) for s in ids}
     mu, sd = xm["train"].mean(0), xm["train"].std(0) + 1e-8
     cols = [f"f{i}" for i in range(xm["train"].shape[1])]

@@ -188,10 +188,7 @@ def fit_fold(
     norm = FeatureNorm.fit(source, tr["patient_id"].tolist()) if cfg.normalize else None
     best = None
     for attempt in range(1 + max(0, cfg.restarts)):
-        got = _attempt(
-            cfg, source, tr, va, fold, attempt, n_out, bins, norm, device, bar, job,
-            _restart_bag_norm(cfg, attempt),
-        )  # fmt: skip
+        got = _attempt(cfg, source, tr, va, fold, attempt, n_out, bins, norm, device, bar, job)
         if best is None or got[2].best_loss < best[2].best_loss:
             best = got
         if (got[2].best_epoch > 0 and got[2].left_flat_start) or cfg.epochs == 1:
@@ -232,28 +229,22 @@ def _eval_logits(job, fm: FoldModel, source: BagSource, ids: list[str], **kw) ->
     return lg
 
 
-def _restart_bag_norm(cfg: TrainConfig, attempt: int) -> bool | None:
-    """BagNorm for an attempt: ``None`` keeps the model's setting (``model_kwargs``, else on
-    for grading). With the Cox loss and no ``bag_norm`` in ``model_kwargs`` the restarts after
-    a flat start switch it on (the attempt with the lowest validation loss is still the one
-    kept): on issue 22's clusters survival cohort mean pooling without it kept epoch 0 after
-    two restarts in one fold (c-index 0.561 where a ridge Cox on bag means reaches 0.793),
-    while always on it overfits a strong per-slide signal within a few epochs
-    (tests/train/test_acceptance.py's cohort: ABMIL 0.72 instead of 0.78)."""
-    if (
-        attempt > 0
-        and cfg.task == "survival"
-        and cfg.survival_loss == "cox"
-        and "bag_norm" not in cfg.model_kwargs
-    ):
-        return True
-    return None
+def _model_kwargs(cfg: TrainConfig, attempt: int) -> dict:
+    """The model's keyword arguments for one attempt of a fold. BagNorm is on by default for
+    grading, where it removes the flat start (issue 22), and off for survival: its losses are
+    scale-sensitive and overfit a strong per-slide signal within a few epochs with it
+    (tests/train/test_acceptance.py's cohort: Cox ABMIL 0.72 instead of 0.78). With the Cox
+    loss the restarts after a flat start switch it on (the attempt with the lowest validation
+    loss is still the one kept): on issue 22's clusters survival cohort mean pooling without it
+    kept epoch 0 after two restarts in one fold (c-index 0.561 where a ridge Cox on bag means
+    reaches 0.793). A ``bag_norm`` in ``model_kwargs`` holds for every attempt."""
+    restart_cox = attempt > 0 and cfg.task == "survival" and cfg.survival_loss == "cox"
+    return {"bag_norm": cfg.task == "grade" or restart_cox, **cfg.model_kwargs}
 
 
-def _attempt(cfg, source, tr, va, fold, attempt, n_out, bins, norm, device, bar, job, bag_norm):
+def _attempt(cfg, source, tr, va, fold, attempt, n_out, bins, norm, device, bar, job):
     """One training run of a fold from the initialisation of ``attempt``: ``(fold model,
-    network, epoch selection)`` with the kept epoch's weights loaded. ``bag_norm``: ``None``
-    for the model's setting, else BagNorm on or off."""
+    network, epoch selection)`` with the kept epoch's weights loaded."""
     import torch
 
     from wsimm.mil import create_model
@@ -262,13 +253,7 @@ def _attempt(cfg, source, tr, va, fold, attempt, n_out, bins, norm, device, bar,
     seed = cfg.seed * 1000 + fold + 100003 * attempt
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    # BagNorm by default for grading, where it removes the flat start (issue 22); survival
-    # losses are scale-sensitive and overfit within a few epochs with it (Cox: c-index 0.72 vs
-    # 0.79 on tests/train/test_acceptance.py's cohort), so it is off there but for the Cox
-    # restarts after a flat start (_restart_bag_norm)
-    kwargs = {"bag_norm": cfg.task == "grade", **cfg.model_kwargs}
-    if bag_norm is not None:
-        kwargs["bag_norm"] = bag_norm
+    kwargs = _model_kwargs(cfg, attempt)
     model = create_model(cfg.model, source.dim, n_out, **kwargs).to(device)
     meta = {
         "task": cfg.task,
