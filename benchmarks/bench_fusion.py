@@ -53,6 +53,8 @@ VARIANTS = {
     "graph +coattention +contrastive": {"coattention": True, "contrastive": 0.1},
     "graph +cross": {"cross": True},
     "graph +cross +coattention": {"cross": True, "coattention": True},
+    "graph +cross16": {"cross": True, "cross_prototypes": 16},
+    "graph +cross16 +coattention": {"cross": True, "cross_prototypes": 16, "coattention": True},
 }
 BASELINES = "late_fusion,concat_fusion,kronecker_fusion,clinical_omics_pca_{lin}"
 #: the ``cross`` wide part alone, fitted by the first run with the switch on
@@ -151,6 +153,8 @@ def run_cell(
               f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
         for b, v in res.metrics.get("baselines", {}).items():
             rows[b] = [f[key] for f in v["folds"]]
+            if v.get("failed"):  # a comparator that did not run is no comparison
+                raise SystemExit(f"{family} seed {seed}: baseline {b} failed: {v['failed']}")
         if i == 0:
             splits = pd.read_csv(res.out / "splits.csv")
     assert splits is not None

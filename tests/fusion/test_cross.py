@@ -14,7 +14,7 @@ pytest.importorskip("torch_geometric")
 pytest.importorskip("lifelines")
 
 import wsimm
-from wsimm.errors import WsimmWarning
+from wsimm.errors import DataError, WsimmWarning
 from wsimm.testing import make_interaction_cohort
 from wsimm.train import train
 
@@ -68,3 +68,39 @@ def _metas(out):
     import json
 
     return [json.loads(p.read_text()) for p in sorted(out.glob("fold_*/meta.json"))]
+
+
+def test_too_few_training_tiles_for_the_prototypes_is_one_clear_error(tmp_path):
+    co = make_interaction_cohort(12, family="types", seed=1, tiles_per_slide=(3, 4), feature_dim=8)
+    paths = co.save(tmp_path)
+    wsimm.bags_to_store(co.bags, tmp_path / "s.zarr")
+    with pytest.raises(DataError, match=r"64 prototypes need at least 64 training tiles, have \d+"):
+        train(store=str(tmp_path / "s.zarr"), labels=str(paths["labels"]),
+              omics=str(paths["omics"]), clinical=str(paths["clinical"]),
+              gene_groups=str(paths["gene_groups"]), task="survival", fusion="graph",
+              survival_loss="cox", folds=2, epochs=1, baselines="none", quiet=True,
+              fusion_kwargs={"cross": True, "cross_prototypes": 64, "hidden": 8, "heads": 2},
+              out=str(tmp_path / "run"))  # fmt: skip
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_network_baselines_train_without_the_switches_settings(tmp_path):
+    """``cross_prototypes`` (like ``cross_slide_pcs``, ``temperature``) goes with its switch:
+    the network baselines, trained without the switches, are not refused for it."""
+    co = make_interaction_cohort(40, family="manifold", seed=2, tiles_per_slide=(20, 30),
+                                 feature_dim=8)  # fmt: skip
+    paths = co.save(tmp_path)
+    wsimm.bags_to_store(co.bags, tmp_path / "s.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WsimmWarning)
+        res = train(store=str(tmp_path / "s.zarr"), labels=str(paths["labels"]),
+                    omics=str(paths["omics"]), clinical=str(paths["clinical"]),
+                    gene_groups=str(paths["gene_groups"]), task="survival", fusion="graph",
+                    survival_loss="cox", folds=2, epochs=1, quiet=True,
+                    baselines="kronecker_fusion,graph_fusion,clinical_omics_slide_cross_cox",
+                    fusion_kwargs={"cross": True, "cross_prototypes": 4, "cross_omics_pcs": 2,
+                                   "contrastive": 0.1, "temperature": 0.2, "hidden": 8,
+                                   "heads": 2},
+                    out=str(tmp_path / "run"))  # fmt: skip
+    for name, b in res.metrics["baselines"].items():
+        assert not b["failed"] and len(b["folds"]) == 2, name

@@ -4,6 +4,7 @@ patients only, graph construction with absent modalities, shapes and gradient fl
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -330,6 +331,65 @@ def test_wide_cross_terms_are_the_linear_model(cohort, task):
         assert np.abs(without - logits)[has & with_slide].max() > 1e-3
 
 
+def test_wide_prototype_shares_are_the_linear_model(cohort):
+    """With ``cross_prototypes``, the wide part counts each tile for its nearest prototype:
+    the network's shares, slide terms and crosses are the linear model's, patients with
+    several slides average their slides' shares, and a slide's tiles in another order or
+    another slide's prototype assignment do not change them."""
+    pytest.importorskip("lifelines")
+    import pandas as pd
+    from sklearn.cluster import KMeans
+
+    from wsimm.fusion import LinearBaseline, SlideTerms
+
+    co, paths = cohort
+    mods, pids, slide_ids, pre, graphs = _all_patients(co, paths)
+    table = co.labels.drop_duplicates("patient_id").set_index("patient_id").loc[pids]
+    table = table.reset_index()
+    P = 5
+    tiles = np.concatenate([co.bags[s].astype(np.float32) for s in slide_ids])
+    protos = KMeans(P, n_init=2, random_state=0).fit(tiles).cluster_centers_.astype(np.float32)
+
+    def share(x):
+        d = ((x[:, None, :].astype(np.float64) - protos[None]) ** 2).sum(-1)
+        return np.bincount(d.argmin(1), minlength=P) / len(x)
+
+    shares = pd.DataFrame(
+        {p: np.mean([share(co.bags[s]) for s in ss], 0) for p, ss in mods.slides.items() if ss}
+    ).T
+    st = SlideTerms(shares, n_cross=2, prototypes=protos)
+    lb = LinearBaseline("survival", use_omics=True, n_components=4, slides=st).fit(
+        mods, pre, table, n_classes=1
+    )
+    assert {f"S{P}", f"S{P}xPC2"} <= set(lb.columns)  # every prototype kept, no PCA
+    net = _net(mods, pre, "graph", hidden=16, heads=2, n_outputs=1, wide=True, cross=True,
+               cross_prototypes=P, cross_omics_pcs=3,
+               wide_genes={a: len(g) for a, g in pre.genes.items()})  # fmt: skip
+    w = lb.wide_weights(1)
+    assert w.for_normalised_tiles(np.ones(16), np.full(16, 2.0)) is w  # shares: nothing to fold
+    net.set_wide(w)
+    net.eval()
+    b = Batch.from_data_list(graphs)
+    tx, tb = _tiles(co, b, slide_ids)
+    with torch.no_grad():
+        sm, has_s = net.patient_tile_mean(b, (tx, tb), {})
+        out = net(b, (tx, tb))
+        perm = torch.randperm(len(tx), generator=torch.Generator().manual_seed(0))
+        shuffled = net(b, (tx[perm], tb[perm])).logits
+    with_slide = np.isin(pids, shares.index)
+    np.testing.assert_allclose(
+        sm.numpy()[with_slide], shares.loc[np.asarray(pids)[with_slide]].to_numpy(), atol=1e-6
+    )
+    assert not has_s.numpy()[~with_slide].any()
+    has = np.isin(pids, mods.omics.patients)
+    np.testing.assert_allclose(out.logits[:, 0].numpy()[has], lb.predict(pids)[has], atol=1e-3)
+    np.testing.assert_allclose(shuffled.numpy(), out.logits.numpy(), atol=1e-5)
+    assert np.abs(out.wide["cross"][:, 0].numpy()[has & with_slide]).max() > 1e-3
+    # a fitted wide part without prototypes is refused, not silently read as mean tiles
+    with pytest.raises(ValueError, match="without 5 tile prototypes"):
+        net.set_wide(replace(w, prototypes=None))
+
+
 def test_contrastive_alignment_pairs_a_patients_own_modalities(cohort):
     """The InfoNCE loss is the cross-entropy of matching each patient's slide embedding to its
     own omics embedding among the batch's patients with both; fewer than two: no loss; a few
@@ -396,6 +456,10 @@ def test_graph_only_switches_are_refused_elsewhere():
     for mods, wide in ((["slide", "omics"], False), (["omics", "clinical"], True)):
         with pytest.raises(ConfigError, match="cross needs the wide part"):
             FusionSpec("graph", mods, 1, [3], ["rnaseq"], wide=wide, cross=True).validate()
+    for kw in ({"cross_prototypes": 8}, {"cross": True, "cross_prototypes": 1}):
+        with pytest.raises(ConfigError, match="cross_prototypes must be >= 2 and needs cross"):
+            FusionSpec("graph", ["slide", "omics"], 1, [3], ["rnaseq"], wide=True,
+                       **kw).validate()  # fmt: skip
     # cross: the run's wide part alone joins the baselines, and the plain graph fusion
     cfg = TrainConfig(labels="l.csv", omics="o.csv", store="s.zarr", task="survival", out="r",
                       fusion="graph", fusion_kwargs={"cross": True})  # fmt: skip

@@ -108,3 +108,40 @@ def test_coattention_heatmaps_are_the_runs_explanations(coattention_run):
     no_omics = next(p for p in preds["patient_id"] if p not in has_omics and f"{p}-S1" in co.bags)
     ts2 = tile_scores(d / "run", d / "s.zarr", f"{no_omics}-S1")
     assert not any(k.startswith("coattention_") for k in ts2.scores)
+
+
+def test_cross_heatmap_is_each_tiles_part_of_the_wide_slide_terms(tmp_path):
+    """With ``cross`` (here on tile prototypes), the ``cross`` score of a tile is its part of
+    the wide part's slide and slide x omics terms: over a one-slide patient's tiles it
+    averages to the terms explanations.json gives, and on the interaction cohort it tells
+    the pathway's tile types apart."""
+    from wsimm.testing import make_interaction_cohort
+
+    co = make_interaction_cohort(48, family="types", seed=3, tiles_per_slide=(30, 50),
+                                 feature_dim=16, p_no_omics=0.15)  # fmt: skip
+    co, d = _train_fusion(co, tmp_path, cross=True, cross_prototypes=8)
+    preds = pd.read_csv(d / "run" / "predictions.csv")
+    has_omics = set(co.omics.index)
+    checked, gaps = 0, []
+    path = co.patients.set_index("patient_id")["pathway"]
+    for pid in preds["patient_id"][:12]:
+        row = preds[preds.patient_id == pid].iloc[0]
+        ts = tile_scores(d / "run", d / "s.zarr", f"{pid}-S1")
+        fold = int(row["fold"])
+        terms = json.loads((d / "run" / f"fold_{fold}" / "explanations.json").read_text())[pid][
+            "linear_terms"
+        ]
+        v = ts.scores["cross"]
+        assert len(v) == len(co.bags[f"{pid}-S1"]) and np.isfinite(v).all()
+        want = terms["slide"][0] + (terms["cross"][0] if pid in has_omics else 0.0)
+        assert float(v.mean()) == pytest.approx(want, abs=1e-4)
+        assert ts.prediction["risk"] == pytest.approx(float(row["risk"]), abs=1e-4)
+        kind = co.tile_type[f"{pid}-S1"]
+        if pid in has_omics and (kind == 1).any() and (kind == 2).any():
+            gaps.append((path[pid], float(v[kind == 1].mean() - v[kind == 2].mean())))
+        checked += 1
+    assert checked == 12 and (set(preds["patient_id"][:12]) - has_omics)  # both kinds seen
+    # a high pathway makes type-A tiles (a low one type-B tiles) the ones that count
+    p, g = np.array(gaps).T
+    print(f"corr(pathway, type A - type B tile score) = {np.corrcoef(p, g)[0, 1]:.2f}")
+    assert len(gaps) >= 6 and np.corrcoef(p, g)[0, 1] > 0.5

@@ -196,3 +196,45 @@ def test_patience_waits_until_an_epoch_beats_the_flat_start():
     assert (floored.best_epoch, stop, floored.left_flat_start) == (10, 13, True)
     never, stop = run(0.5)  # never below the floor: trains to the last epoch, says so
     assert stop == len(curve) - 1 and not never.left_flat_start
+
+
+def test_graph_fusion_keeps_its_linear_part_where_no_epoch_beats_it(tmp_path):
+    """The untrained graph fusion network is its wide (linear) part alone, booked as epoch -1:
+    a deep part that never beats it on the validation patients (here wrecked by a huge
+    learning rate) is dropped, the fold's risks are the linear terms, and the run says so
+    (``deep_part_kept: 0`` per fold, ``wide_only``); a sane run keeps epochs >= 0 too."""
+    pytest.importorskip("torch_geometric")
+    pytest.importorskip("lifelines")
+    import warnings
+
+    import wsimm
+    from wsimm.errors import WsimmWarning
+    from wsimm.train import train
+
+    co = wsimm.make_cohort(60, seed=4, weights=(0.0, 1.0, 1.0), feature_dim=8)
+    p = co.save(tmp_path)
+    runs = {}
+    for name, lr in (("wrecked", 50.0), ("sane", 1e-3)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", WsimmWarning)
+            runs[name] = train(
+                labels=str(p["labels"]), omics=str(p["omics"]), clinical=str(p["clinical"]),
+                gene_groups=str(p["gene_groups"]), task="survival", fusion="graph",
+                survival_loss="cox", folds=3, epochs=3, lr=lr, baselines="none", quiet=True,
+                out=str(tmp_path / name), threads=1,
+            )  # fmt: skip
+    m = runs["wrecked"].metrics
+    assert m["wide_only"] == [0, 1, 2]
+    assert all(f["deep_part_kept"] == 0 and f["best_epoch"] == -1 for f in m["folds"])
+    hist = pd.read_csv(runs["wrecked"].out / "fold_0" / "history.csv")
+    assert (
+        hist["epoch"].tolist()[:2] == [-1, 0]
+        and hist["val_loss"].iloc[1] > hist["val_loss"].iloc[0]
+    )
+    pred = runs["wrecked"].predictions
+    np.testing.assert_allclose(
+        pred["risk"], pred["linear_clinical"] + pred["linear_omics"], atol=1e-4
+    )
+    sane = runs["sane"].metrics
+    assert all(f["deep_part_kept"] in (0, 1) for f in sane["folds"])
+    assert sane.get("wide_only", []) != [0, 1, 2]

@@ -66,11 +66,17 @@ class SlideTerms:
     means: pd.DataFrame  # patients x tile features: the mean over a patient's slides' tiles
     n_components: int = 8
     n_cross: int = 4
+    #: tile prototypes ``(P, D)`` when ``means`` holds prototype shares: these are then only
+    #: standardised (every prototype kept), not reduced by a PCA
+    prototypes: np.ndarray | None = None
 
     def fit(self, pids: list[str]) -> SlideTerms:
         from sklearn.decomposition import PCA
 
         x = self.means.reindex([p for p in pids if p in self.means.index]).to_numpy(np.float64)
+        if self.prototypes is not None:
+            self.pca = _Standardise(x)
+            return self
         k = int(min(self.n_components, max(1, x.shape[0] - 1), x.shape[1]))
         self.pca = PCA(k, svd_solver="full").fit(x)
         return self
@@ -83,6 +89,20 @@ class SlideTerms:
         if has.any():
             out[has] = self.pca.transform(x.to_numpy(np.float64)[has])
         return out
+
+
+class _Standardise:
+    """The PCA interface over a plain standardisation (training mean and sd; a column without
+    spread gets weight 0): ``mean_``, ``components_`` ``(k, D)``, ``n_components_``."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.mean_ = x.mean(0)
+        sd = x.std(0)
+        self.components_ = np.diag(np.where(sd > 1e-12, 1.0 / np.maximum(sd, 1e-12), 0.0))
+        self.n_components_ = x.shape[1]
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean_) @ self.components_.T
 
 
 def omics_block(mods: Modalities, pre: Preprocessor, pids: list[str]) -> np.ndarray:
@@ -113,11 +133,16 @@ class WideWeights:
     cross_omics: dict[str, np.ndarray] | None = None
     cross_shift: np.ndarray | None = None
     cross_w: np.ndarray | None = None
+    #: with tile prototypes (``P, D``, in the tile space the network is given): the slide
+    #: terms read the patient's prototype shares, ``slide_mean`` ``(P,)``, ``slide_comp``
+    #: ``(P, P)`` (a standardisation)
+    prototypes: np.ndarray | None = None
 
     def for_normalised_tiles(self, mean: np.ndarray, std: np.ndarray) -> WideWeights:
         """The same model for a network whose tiles arrive as ``(x - mean) / std``: the slide
-        terms' centre and components rewritten so the scores do not change."""
-        if self.slide_comp is None:
+        terms' centre and components rewritten so the scores do not change (prototype shares
+        need nothing: the prototypes are fitted in the network's own tile space)."""
+        if self.slide_comp is None or self.prototypes is not None:
             return self
         m, s = np.asarray(mean, np.float64), np.asarray(std, np.float64)
         return replace(
@@ -194,6 +219,8 @@ class LinearBaseline:
         if self._slides() is not None:
             out["slide_pca_mean"] = self.slides.pca.mean_  # type: ignore[union-attr]
             out["slide_pca_components"] = self.slides.pca.components_  # type: ignore[union-attr]
+            if self.slides.prototypes is not None:  # type: ignore[union-attr]
+                out["slide_prototypes"] = self.slides.prototypes  # type: ignore[union-attr]
         return out
 
     def wide_weights(self, n_outputs: int) -> WideWeights:
@@ -247,6 +274,7 @@ class LinearBaseline:
             zero = np.zeros(n_outputs)
             out.slide_mean = st.pca.mean_
             out.slide_comp = st.pca.components_.T
+            out.prototypes = st.prototypes
             out.slide_w = np.stack([w.get(f"S{i + 1}", zero) for i in range(k)])
             qc = self.pca.components_[:c].T  # genes of every assay x crossed components
             out.cross_shift = self.pca.mean_ @ qc

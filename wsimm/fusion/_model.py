@@ -87,6 +87,9 @@ class FusionSpec:
     cross: bool = False
     cross_slide_pcs: int = 8
     cross_omics_pcs: int = 4
+    #: > 0: the slide side of ``cross`` is instead the patient's shares of this many tile
+    #: prototypes (k-means of the training patients' tiles; each tile counts for its nearest)
+    cross_prototypes: int = 0
     contrastive: float = 0.0  # weight of the slide <-> omics InfoNCE loss (training only)
     temperature: float = 0.1  # of the contrastive loss
 
@@ -108,6 +111,11 @@ class FusionSpec:
             )
         if self.cross and min(self.cross_slide_pcs, self.cross_omics_pcs) < 1:
             raise ConfigError("fusion_kwargs cross_slide_pcs and cross_omics_pcs must be >= 1")
+        if self.cross_prototypes and (not self.cross or self.cross_prototypes < 2):
+            raise ConfigError(
+                "fusion_kwargs cross_prototypes must be >= 2 and needs cross: true (got "
+                f"cross_prototypes {self.cross_prototypes}, cross {self.cross})"
+            )
         if self.contrastive < 0 or self.temperature <= 0:
             raise ConfigError("fusion_kwargs contrastive must be >= 0 and temperature > 0")
         if self.hidden % self.heads:
@@ -218,6 +226,10 @@ class FusionNet(nn.Module):
             self.register_buffer("wide_shift", z(K))
         if spec.cross:  # sizes fixed by the spec; components a fold cannot fit stay at 0
             S, C, D = spec.cross_slide_pcs, spec.cross_omics_pcs, spec.slide_dim
+            P = spec.cross_prototypes
+            if P:  # per tile, the one-hot of its nearest prototype; standardised shares
+                self.register_buffer("wide_protos", z(P, D))
+                S = D = P
             self.register_buffer("wide_slide_mean", z(D))
             self.register_buffer("wide_slide_comp", z(D, S))
             self.register_buffer("wide_slide_w", z(S, K))
@@ -273,7 +285,14 @@ class FusionNet(nn.Module):
         for i, a in enumerate(self.wide_assays):
             if a in w.cross_omics:
                 put(f"wide_cross_omics_{i}", w.cross_omics[a])
-        full = np.zeros((self.spec.cross_slide_pcs, self.spec.cross_omics_pcs, w.cross_w.shape[1]))
+        P = self.spec.cross_prototypes
+        if P:
+            if w.prototypes is None or len(w.prototypes) != P:
+                raise ValueError(f"the wide part was fitted without {P} tile prototypes")
+            put("wide_protos", w.prototypes)
+        full = np.zeros(
+            (P or self.spec.cross_slide_pcs, self.spec.cross_omics_pcs, w.cross_w.shape[1])
+        )
         full[:S, :C] = np.asarray(w.cross_w).reshape(S, C, -1)
         put("wide_cross_w", full.reshape(-1, full.shape[2]))
 
@@ -314,24 +333,59 @@ class FusionNet(nn.Module):
             out["omics"] = o
             if self.spec.cross and slide_mean is not None:
                 m, has_s = slide_mean
-                s = (m - self.wide_slide_mean) @ self.wide_slide_comp  # (B, S)
-                q = -self.wide_cross_shift.expand(B, -1)
-                for i, a in enumerate(self.wide_assays):
-                    q = q + getattr(data, f"omics_{a}") @ getattr(self, f"wide_cross_omics_{i}")
-                x = (s[:, :, None] * q[:, None, :]).flatten(1)  # (B, S * C), slide major
-                out["slide"] = (s @ self.wide_slide_w) * has_s[:, None]
-                out["cross"] = (x @ self.wide_cross_w) * (has_s * has)[:, None]
+                sl, cr = self._slide_cross(m, self._cross_omics(data, B))
+                out["slide"] = sl * has_s[:, None]
+                out["cross"] = cr * (has_s * has)[:, None]
         return out
+
+    def _cross_omics(self, data, B: int) -> Tensor:
+        """The omics components the ``cross`` terms multiply, ``(B, C)``."""
+        q = -self.wide_cross_shift.expand(B, -1)
+        for i, a in enumerate(self.wide_assays):
+            q = q + getattr(data, f"omics_{a}") @ getattr(self, f"wide_cross_omics_{i}")
+        return q
+
+    def _slide_cross(self, f: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+        """The slide and slide x omics terms ``(n, K)`` of slide features ``f`` (a patient's
+        mean tile or prototype shares, or one tile's) with omics components ``q`` (n, C)."""
+        s = (f - self.wide_slide_mean) @ self.wide_slide_comp  # (n, S)
+        x = (s[:, :, None] * q[:, None, :]).flatten(1)  # (n, S * C), slide major
+        return s @ self.wide_slide_w, x @ self.wide_cross_w
+
+    def tile_cross_terms(self, data, tiles) -> Tensor:
+        """Per tile ``(n, K)``: its part of the ``cross`` wide part's slide and slide x omics
+        terms (the terms are linear in the tiles, so a one-slide patient's terms are the mean
+        of its tiles'): which tiles the patient's omics make count, and in which direction."""
+        tx, tb = tiles
+        if self.spec.cross_prototypes:
+            tx = self._nearest_prototype(tx)
+        B, owner = int(data.num_graphs), data["slide"].batch[tb]
+        st = data["gene_group"]
+        has = torch.zeros(B, device=tx.device)  # a patient without omics has no crosses
+        if st.num_nodes:
+            has = has.index_fill_(0, st.batch, 1.0)
+        sl, cr = self._slide_cross(tx, self._cross_omics(data, B)[owner])
+        return sl + cr * has[owner][:, None]
+
+    def _nearest_prototype(self, tx: Tensor) -> Tensor:
+        """Each tile's one-hot of its nearest ``cross_prototypes`` prototype, ``(n, P)``."""
+        pr = self.wide_protos.to(tx.dtype)
+        d2 = (pr * pr).sum(1)[None, :] - 2.0 * tx @ pr.T  # + |x|^2: the same per tile
+        return torch.nn.functional.one_hot(d2.argmin(1), pr.shape[0]).to(tx.dtype)
 
     def patient_tile_mean(self, data, tiles, keep: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Each patient's mean tile (the mean of its kept slides' tile means) ``(B, D)`` and
-        whether it has a kept slide ``(B,)``, from the tiles given to :meth:`forward`."""
+        whether it has a kept slide ``(B,)``, from the tiles given to :meth:`forward`; with
+        ``cross_prototypes``, the mean of the tiles' nearest-prototype one-hots instead (each
+        slide's prototype shares, averaged over the patient's kept slides) ``(B, P)``."""
         B, dev = int(data.num_graphs), self.patient_device
-        D = self.spec.slide_dim
+        D = self.spec.cross_prototypes or self.spec.slide_dim
         st = data["slide"]
         if tiles is None or not st.num_nodes:
             return torch.zeros(B, D, device=dev), torch.zeros(B, device=dev)
         tx, tb = tiles
+        if self.spec.cross and self.spec.cross_prototypes:  # the nearest prototype's one-hot
+            tx = self._nearest_prototype(tx)
         n = int(st.num_nodes)
         cnt = torch.zeros(n, device=dev).index_add_(0, tb, torch.ones_like(tb, dtype=tx.dtype))
         sm = torch.zeros(n, D, device=dev).index_add_(0, tb, tx) / cnt.clamp(min=1)[:, None]

@@ -273,6 +273,17 @@ def _fusion_fold_scores(
             if bool(co.groups[0, g]):
                 name = coattention_score_name(kinds[k][0], kinds[k][1])
                 mean[name] = co.attn[0, g, sel].detach().float().cpu().numpy()
+    spec = fm.meta.get("spec") or {}
+    if spec.get("cross") and spec.get("wide"):  # each tile's part of the slide x omics terms
+        with torch.no_grad():
+            terms = [net.tile_cross_terms(b, (x, tb))[sel] for net in nets]
+            t = torch.stack(terms).mean(0).float().cpu().numpy()
+        if survival:
+            mean["cross"] = t[:, 0]
+        else:
+            names = fm.meta.get("classes") or list(range(t.shape[1]))
+            for c in range(t.shape[1]):
+                mean[f"cross_{names[c]}"] = t[:, c]
     return mean, out.logits.detach().float().cpu().numpy()[0]
 
 

@@ -21,6 +21,8 @@ EXTRA_KWARGS = ("coattention", "contrastive", "cross")
 #: fusion_kwargs of the run's own network at test time (uncertainty weighting): its network
 #: baselines stay plain, and the same network's unweighted scores are reported beside it
 TEST_TIME_KWARGS = ("uncertainty", "interval")
+#: the settings of those switches, which go with them
+EXTRA_SETTINGS = ("cross_slide_pcs", "cross_omics_pcs", "cross_prototypes", "temperature")
 
 
 @dataclass

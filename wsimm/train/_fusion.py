@@ -29,7 +29,7 @@ from wsimm.fusion._inputs import (
 )
 from wsimm.fusion._model import MODALITY_NODE
 from wsimm.survival import TimeBins
-from wsimm.train._config import EXTRA_KWARGS, TEST_TIME_KWARGS, TrainConfig
+from wsimm.train._config import EXTRA_KWARGS, EXTRA_SETTINGS, TEST_TIME_KWARGS, TrainConfig
 from wsimm.train._data import BagSource, FeatureNorm
 from wsimm.train._dist import current
 from wsimm.train._fit import EpochSelection, FoldResult, _Objective, _prediction_rows, _score
@@ -55,6 +55,11 @@ class FusionData:
     slide_ids: list[str]
     #: per patient, the mean of its slides' mean tiles (read once per run; features, not fits)
     tile_means: dict[str, np.ndarray | None] = field(default_factory=dict, repr=False)
+    #: tile prototypes and shares per (fitting patients, count, seed): a fold's wide part and
+    #: its ``cross`` baseline share one fit
+    prototypes: dict[tuple, tuple[pd.DataFrame, np.ndarray]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def slide_index(self) -> dict[str, int]:
@@ -382,6 +387,10 @@ def fit_fusion_fold(
             n_cross=spec.cross_omics_pcs,
             norm=norm,
         )
+        if spec.cross_prototypes:  # or its shares of tile prototypes (training tiles)
+            plan.slides, plan.prototypes = _prototype_shares(
+                fd, train_ids, all_ids, spec.cross_prototypes, norm, seed
+            )
         plan.penalizer = _choose_wide_penalty(cfg, mods, pre, tr, va, plan, n_out)
     wide_w = _fit_wide(cfg, mods, pre, tr, plan, n_out, fold) if wide else None
     index = [[pre.genes[a].index(x) for x in genes] for _, a, genes in pre.kinds]
@@ -433,6 +442,7 @@ def fit_fusion_fold(
     fm.model = net
     bs = cfg.graph_batch_size
     best_epoch = best_epochs[0] if n_models == 1 else float(np.mean(best_epochs))
+    kept_deep = sum(e >= 0 for e in best_epochs)  # members past their wide part alone
 
     fm.meta = {
         "task": cfg.task,
@@ -490,6 +500,8 @@ def fit_fusion_fold(
         extra_cols, coverage = interval_columns(fm, passes, te, tr, unc.level)
         plain_logits = plain.mean(0)
     metrics = _score(fm, te, logits, tr)
+    if spec.wide:
+        metrics["deep_part_kept"] = kept_deep
     if unc is not None:
         metrics[f"{key}_unweighted"] = _score(fm, te, plain_logits, tr)[key]
         metrics["interval_coverage"], metrics["interval_level"] = coverage, unc.level
@@ -530,7 +542,8 @@ class _WidePlan:
     """How a fold's wide part is fitted: its modalities, the slide terms' per-patient mean
     tiles (``cross``; raw features, the PCA's own centring is all it needs) and the penalty
     (chosen on validation patients with ``cross``); ``norm`` is the tile normalisation the
-    network applies before its wide part sees the tiles (folded into the slide terms)."""
+    network applies before its wide part sees the tiles (folded into the slide terms). With
+    ``prototypes`` (``cross_prototypes``), ``slides`` holds the patients' prototype shares."""
 
     mods: list[str]
     slides: pd.DataFrame | None = None
@@ -538,13 +551,14 @@ class _WidePlan:
     n_slide: int = 8
     n_cross: int = 4
     norm: FeatureNorm | None = None
+    prototypes: np.ndarray | None = None
 
     def baseline(self, task: str):
         from wsimm.fusion import LinearBaseline, SlideTerms
 
         st = None
         if self.slides is not None:  # a fresh PCA per fit (bootstrap refits run in turn)
-            st = SlideTerms(self.slides, self.n_slide, self.n_cross)
+            st = SlideTerms(self.slides, self.n_slide, self.n_cross, prototypes=self.prototypes)
         return LinearBaseline(
             task, use_omics="omics" in self.mods, penalizer=self.penalizer, slides=st
         )
@@ -633,6 +647,65 @@ def _patient_tile_means(fd: FusionData, pids: list[str]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+#: tiles per slide the prototypes' k-means sees (a seeded draw per slide)
+PROTOTYPE_TILES = 64
+
+
+def _prototype_shares(
+    fd: FusionData, fit_ids: list[str], pids: list[str], n: int, norm, seed: int
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """``n`` tile prototypes, a k-means of up to :data:`PROTOTYPE_TILES` tiles per slide of
+    the patients in ``fit_ids`` (the fold's training patients; tiles as the network is given
+    them, normalised with ``norm``), and per patient of ``pids`` with a slide the share of
+    its tiles whose nearest prototype is each one (the mean over its slides)."""
+    from sklearn.cluster import KMeans
+
+    fit = sorted(set(fit_ids))  # not the tables' row order
+    key = (tuple(fit), n, seed, norm is not None)
+    if key not in fd.prototypes:
+        rng = np.random.default_rng(seed)
+        parts = []
+        for p in fit:
+            for sid in fd.mods.slides.get(p) or []:
+                x = _network_tiles(fd, sid, norm)
+                if len(x) > PROTOTYPE_TILES:
+                    x = x[np.sort(rng.choice(len(x), PROTOTYPE_TILES, replace=False))]
+                parts.append(x)
+        x = np.concatenate(parts) if parts else np.zeros((0, 1))
+        if len(x) < n:
+            raise DataError(
+                f"fusion_kwargs cross_prototypes: {n} prototypes need at least {n} training "
+                f"tiles, have {len(x)}; use fewer cross_prototypes"
+            )
+        km = KMeans(n, n_init=4, random_state=seed).fit(x.astype(np.float64))
+        protos = km.cluster_centers_.astype(np.float32)
+        fd.prototypes[key] = (pd.DataFrame(dtype=np.float64), protos)
+    shares, protos = fd.prototypes[key]
+    new = [p for p in dict.fromkeys(pids) if p not in shares.index and fd.mods.slides.get(p)]
+    if new:
+        p2 = (protos.astype(np.float64) ** 2).sum(1)
+        rows = {}
+        for p in new:
+            per = []
+            for sid in fd.mods.slides[p]:
+                x = _network_tiles(fd, sid, norm).astype(np.float64)
+                near = (p2[None, :] - 2.0 * x @ protos.T.astype(np.float64)).argmin(1)
+                per.append(np.bincount(near, minlength=n) / max(len(x), 1))
+            rows[p] = np.mean(per, 0)
+        add = pd.DataFrame.from_dict(rows, orient="index")
+        shares = pd.concat([shares, add]) if len(shares) else add
+        fd.prototypes[key] = (shares, protos)
+    return shares.reindex([p for p in pids if p in shares.index]), protos
+
+
+def _network_tiles(fd: FusionData, sid: str, norm) -> np.ndarray:
+    """A slide's tiles as the fusion network sees them (float32, normalised with ``norm``)."""
+    x = np.asarray(fd.source.slide(sid), np.float32)  # type: ignore[union-attr]
+    if norm is not None:
+        x = (x - norm.mean) / norm.std
+    return x
+
+
 def _bootstrap_wide(cfg, mods, pre, trva, plan: _WidePlan, n_out, fold, *, n, seed) -> list:
     """The wide part refitted on ``n`` bootstrap resamples of the training + validation
     patients (uncertainty weighting: one per Monte Carlo pass), quietly skipping resamples
@@ -669,6 +742,8 @@ def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, r
     fm.model = net
     sel = EpochSelection(cfg.patience, bar=bar, task_id=task_id)
     val_idx = torch.arange(len(tr), len(tr) + len(va), device=device)
+    if net.spec.wide:  # the deep part's last layer starts at zero: the wide part alone
+        _book_wide_alone(net, runner, fm, objective, tg, graphs, parts, sel, bs)
     n_types = len(net.mods)
     for epoch in range(cfg.epochs):
         ddp.train()
@@ -713,6 +788,28 @@ def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, r
             break
     sel.restore(net)
     return sel.history, sel.best_epoch
+
+
+def _book_wide_alone(net, runner, fm, objective, tg, graphs, parts, sel, bs: int) -> None:
+    """Book the untrained network, whose output is its wide (linear) part alone, as epoch -1:
+    the deep part is then kept only from an epoch that beats its own linear model on the
+    validation patients, and a fold where none does keeps the linear model (reported as
+    ``deep_part_kept: 0``)."""
+    import torch
+
+    g_tr, g_va = graphs
+    tr, va = parts
+    dev = runner.device
+    at = {"train": torch.arange(len(tr), device=dev)}
+    at["val"] = torch.arange(len(tr), len(tr) + len(va), device=dev)
+    losses = {}
+    for name, gs in (("train", g_tr), ("val", g_va)):
+        lg, _ = runner.run(gs, batch_size=bs, explain=False)
+        if name == "val":
+            scores = _score(fm, va, lg, tr, full=False)
+        with torch.no_grad():
+            losses[name] = float(objective(torch.as_tensor(lg, device=dev), tg, at[name]))
+    sel.end_epoch(net, -1, losses["train"], losses["val"], scores)
 
 
 def _explain(w: dict, top: int = 5) -> dict:
@@ -812,12 +909,22 @@ def fit_linear_fold(
         train_only = rows.loc[sets["train"]].reset_index()
         pre_tr = Preprocessor.fit(fd.mods, sets["train"])
         kw = dict(cfg.fusion_kwargs)
+        pids = tr["patient_id"].tolist() + sets["test"]
         plan = _WidePlan(
             ["omics", "clinical"],
-            slides=_patient_tile_means(fd, tr["patient_id"].tolist() + sets["test"]),
+            slides=_patient_tile_means(fd, pids),
             n_slide=int(kw.get("cross_slide_pcs", 8)),
             n_cross=int(kw.get("cross_omics_pcs", 4)),
         )
+        n_protos = int(kw.get("cross_prototypes", 0) or 0)
+        if n_protos:  # the same prototypes as the fold's network (training tiles, its norm)
+            norm = None
+            if cfg.normalize:
+                with_slides = [p for p in sets["train"] if fd.mods.slides.get(p)]
+                norm = FeatureNorm.fit(fd.source, with_slides)  # type: ignore[arg-type]
+            plan.slides, plan.prototypes = _prototype_shares(
+                fd, sets["train"], pids, n_protos, norm, cfg.seed * 1000 + fold
+            )
         va = rows.loc[sets["val"]].reset_index()
         plan.penalizer = _choose_wide_penalty(
             cfg, fd.mods, pre_tr, train_only, va, plan, n_classes or 1
@@ -868,7 +975,7 @@ def run_baselines(
                     kw = {
                         k: v
                         for k, v in k_cfg.fusion_kwargs.items()
-                        if k not in EXTRA_KWARGS + TEST_TIME_KWARGS
+                        if k not in EXTRA_KWARGS + EXTRA_SETTINGS + TEST_TIME_KWARGS
                     }
                     res = fit_fusion_fold(
                         replace(k_cfg, fusion_kwargs=kw),

@@ -309,6 +309,15 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
         spec = fd.mods.clinical_spec
         if spec is not None:
             metrics["clinical"] = clinical_summary(spec, clin_types)
+    wide_only = [int(r["fold"]) for r in metrics["folds"] if r.get("deep_part_kept") == 0]
+    if wide_only:
+        metrics["wide_only"] = wide_only
+        if not quiet:
+            print(
+                f"{cfg.fusion} fusion kept its linear (wide) part alone in fold(s) "
+                f"{', '.join(map(str, wide_only))}: no epoch of its deep part beat it on the "
+                "validation patients (metrics.json: wide_only)"
+            )
     stalled = stalled_folds(cfg, metrics)
     if stalled:
         metrics["stalled"] = stalled
