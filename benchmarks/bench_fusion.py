@@ -10,7 +10,8 @@ Rows (c-index on the test folds, mean over folds; every model picks its epoch on
 patients only, as ``wsimm train`` does):
 
 * ``graph`` (pooled slide node), ``graph +coattention``, ``graph +contrastive``,
-  ``graph +coattention +contrastive``, ``graph +cross``, ``graph +cross +coattention``:
+  ``graph +coattention +contrastive``, ``graph +cross``, ``graph +cross +coattention``,
+  ``graph +cross16`` (``cross`` on 16 tile prototypes), ``graph +cross16 +coattention``:
   ``wsimm train --fusion graph`` with ``fusion_kwargs`` switches; the first run with
   ``cross`` also fits ``clinical_omics_slide_cross_cox``, its wide part alone;
 * the run's baselines on the same folds: ``late``/``concat``/``kronecker`` fusion, the
@@ -18,7 +19,9 @@ patients only, as ``wsimm train`` does):
 * references computed here on the same folds (penalised Cox, lifelines): ``additive Cox``
   on age, the pathway group's first principal component and 8 principal components of each
   slide's mean tile; ``interaction Cox`` adds those 8 components x the pathway component;
-  and the ``true risk``.
+  ``true-shares Cox`` on age, the pathway component, the true type-A and type-B shares and
+  their products with it (what a perfect tile-type counter could reach); and the
+  ``true risk``.
 
     python benchmarks/bench_fusion.py --quick          # one seed of each family, ~20 min here
     python benchmarks/bench_fusion.py --seeds 0 1 2    # the issue's 3 seeds
@@ -29,7 +32,9 @@ patients only, as ``wsimm train`` does):
 ``--families additive`` runs the same rows on ``make_cohort`` with the fusion acceptance
 test's settings (risk split evenly over slides, omics and clinical data; no interaction), to
 show what a switch costs where there is nothing for it to find (no Cox references there).
-``--task grade`` scores AUC (three grades cut from the same risk) and has no Cox references.
+``--no-baselines`` runs the variants alone (cohorts and folds are the same in every run, so
+their rows join an earlier run's). ``--task grade`` scores AUC (three grades cut from the
+same risk) and has no Cox references.
 The last lines print each switch's smallest margin per cell over every other row but the
 hand-made references.
 """
@@ -73,7 +78,12 @@ def references(co, splits: pd.DataFrame) -> dict[str, list[float]]:
     pids = P.index.tolist()
     means = np.stack([co.bags[f"{p}-S1"].astype(np.float64).mean(0) for p in pids])
     path = co.omics.reindex(pids)[[f"{g}_rnaseq" for g in co.gene_groups["PATHWAY"]]]
-    out: dict[str, list[float]] = {"additive Cox": [], "interaction Cox": [], "true risk": []}
+    out: dict[str, list[float]] = {
+        "additive Cox": [],
+        "interaction Cox": [],
+        "true-shares Cox": [],
+        "true risk": [],
+    }
     for k in sorted(splits["fold"].unique()):
         fs = splits[splits["fold"] == k]
         tr = np.isin(pids, fs.loc[fs["set"] != "test", "patient_id"])
@@ -88,8 +98,14 @@ def references(co, splits: pd.DataFrame) -> dict[str, list[float]]:
         add["age"] = co.clinical.set_index("patient_id").loc[pids, "age"].to_numpy(float)
         add["q"] = q
         inter = add.assign(**{f"x{i}": s[:, i] * q for i in range(8)})
+        # what a perfect tile-type counter could give: the true type-A/B shares x pathway
+        z = P[["frac_a", "frac_b"]].to_numpy()
+        z = (z - z[tr].mean(0)) / z[tr].std(0)
+        shares = pd.DataFrame({"age": add["age"], "q": q, "za": z[:, 0], "zb": z[:, 1]})
+        shares = shares.assign(zaq=z[:, 0] * q, zbq=z[:, 1] * q)
         t, e = P["time"].to_numpy(), P["event"].to_numpy()
-        for name, X in (("additive Cox", add), ("interaction Cox", inter)):
+        fits = (("additive Cox", add), ("interaction Cox", inter), ("true-shares Cox", shares))
+        for name, X in fits:
             df = X.assign(T=t, E=e)
             m = CoxPHFitter(penalizer=0.1).fit(df[tr], "T", "E")
             out[name].append(c_index(t[te], e[te], m.predict_partial_hazard(df[te]).to_numpy()))
@@ -98,7 +114,13 @@ def references(co, splits: pd.DataFrame) -> dict[str, list[float]]:
 
 
 def run_cell(
-    family: str, seed: int, n: int, variants: list[str], root: Path, task: str = "survival"
+    family: str,
+    seed: int,
+    n: int,
+    variants: list[str],
+    root: Path,
+    task: str = "survival",
+    baselines: bool = True,
 ) -> dict:
     import torch
 
@@ -126,7 +148,9 @@ def run_cell(
     for i, name in enumerate(variants):
         t0 = time.perf_counter()
         want = [BASELINES.format(lin=lin)] if i == 0 else []
-        if VARIANTS[name].get("cross") and not cross_done:
+        if not baselines:  # rows of another run on the same cohorts and folds
+            want = []
+        elif VARIANTS[name].get("cross") and not cross_done:
             want.append(CROSS_BASELINE.format(lin=lin))
             cross_done = True
         with warnings.catch_warnings():
@@ -172,13 +196,21 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="graph and graph +coattention only")
     ap.add_argument("--task", choices=["survival", "grade"], default="survival")
     ap.add_argument("--json", type=Path, help="write every fold's score here")
+    ap.add_argument(
+        "--no-baselines",
+        dest="baselines",
+        action="store_false",
+        help="the variants only (the folds and cohorts are the same in every run)",
+    )
     a = ap.parse_args(argv)
     variants = ["graph", "graph +coattention"] if a.quick else a.variants
     root = Path(tempfile.mkdtemp(prefix="wsimm-bench-fusion-"))
     table: dict[tuple[str, int], dict] = {}
     for fam in a.families:
         for seed in a.seeds:
-            table[(fam, seed)] = run_cell(fam, seed, a.patients, variants, root, a.task)
+            table[(fam, seed)] = run_cell(
+                fam, seed, a.patients, variants, root, a.task, a.baselines
+            )
     if a.json:
         a.json.write_text(json.dumps({f"{f} s{s}": v for (f, s), v in table.items()}, indent=1))
     names = list(next(iter(table.values())))
@@ -195,7 +227,8 @@ def main(argv=None) -> None:
             print(f"{n} - graph: {gain:+.3f}")
     # the issue's bar: a switch's margin over every other fusion and the linear models, per cell
     others = [n for n in names if not n.startswith("graph +") and n not in ("true risk",)]
-    others = [n for n in others if "Cox:" not in n and n not in ("additive Cox", "interaction Cox")]
+    refs = ("additive Cox", "interaction Cox", "true-shares Cox")
+    others = [n for n in others if "Cox:" not in n and n not in refs]
     for n in names:
         if n.startswith("graph +"):
             margins = [
