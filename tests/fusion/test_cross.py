@@ -19,8 +19,9 @@ from wsimm.testing import make_interaction_cohort
 from wsimm.train import train
 
 
+@pytest.mark.parametrize("protos", [0, 16], ids=["mean_tile", "prototypes"])
 @pytest.mark.parametrize("family", ["types", "manifold"])
-def test_cross_terms_see_the_interaction(family, tmp_path):
+def test_cross_terms_see_the_interaction(family, protos, tmp_path):
     co = make_interaction_cohort(200, family=family, seed=1, tiles_per_slide=(80, 160))
     paths = co.save(tmp_path)
     wsimm.bags_to_store(co.bags, tmp_path / "s.zarr")
@@ -38,7 +39,7 @@ def test_cross_terms_see_the_interaction(family, tmp_path):
             folds=3,
             epochs=8,
             seed=1,
-            fusion_kwargs={"cross": True, "hidden": 32},
+            fusion_kwargs={"cross": True, "cross_prototypes": protos, "hidden": 32},
             baselines="clinical_omics_pca_cox,clinical_omics_slide_cross_cox",
             out=str(tmp_path / "run"),
             quiet=True,
@@ -48,7 +49,8 @@ def test_cross_terms_see_the_interaction(family, tmp_path):
     graph = m["mean"]["c_index"]
     pca = m["baselines"]["clinical_omics_pca_cox"]["mean"]["c_index"]
     wide = m["baselines"]["clinical_omics_slide_cross_cox"]["mean"]["c_index"]
-    print(f"{family}: graph +cross {graph:.3f}, its wide part alone {wide:.3f}, PCA Cox {pca:.3f}")
+    print(f"{family} ({protos} prototypes): graph +cross {graph:.3f}, its wide part alone "
+          f"{wide:.3f}, PCA Cox {pca:.3f}")  # fmt: skip
     # the interaction is what the crosses add: clinical + omics alone stay far below
     assert wide >= pca + 0.05
     assert graph >= pca + 0.05
@@ -62,6 +64,9 @@ def test_cross_terms_see_the_interaction(family, tmp_path):
     net = load_fusion_fold(res.out / "fold_0").model
     assert net.spec.cross and float(net.wide_cross_w.abs().sum()) > 0
     assert float(net.wide_slide_comp.abs().sum()) > 0
+    if protos:  # the fold's prototypes travel with the weights
+        assert tuple(net.wide_protos.shape) == (protos, 32)
+        assert float(net.wide_protos.abs().sum()) > 0
 
 
 def _metas(out):
