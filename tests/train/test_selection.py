@@ -238,3 +238,31 @@ def test_graph_fusion_keeps_its_linear_part_where_no_epoch_beats_it(tmp_path):
     sane = runs["sane"].metrics
     assert all(f["deep_part_kept"] in (0, 1) for f in sane["folds"])
     assert sane.get("wide_only", []) != [0, 1, 2]
+
+
+def test_a_fold_whose_linear_part_failed_has_no_wide_alone_candidate(tmp_path, monkeypatch):
+    """When a fold's wide part cannot be fitted, its untrained network is a constant, not a
+    linear model: no epoch -1 is booked and no ``deep_part_kept`` is reported."""
+    pytest.importorskip("torch_geometric")
+    pytest.importorskip("lifelines")
+    import wsimm
+    from wsimm.errors import WsimmWarning
+    from wsimm.fusion import LinearBaseline
+    from wsimm.train import train
+
+    def broken(self, *a, **k):
+        raise np.linalg.LinAlgError("singular matrix (injected)")
+
+    monkeypatch.setattr(LinearBaseline, "fit", broken)
+    co = wsimm.make_cohort(36, seed=5, weights=(0.0, 1.0, 1.0), feature_dim=8)
+    p = co.save(tmp_path)
+    with pytest.warns(WsimmWarning, match="linear .wide. part could not be fitted"):
+        res = train(
+            labels=str(p["labels"]), omics=str(p["omics"]), clinical=str(p["clinical"]),
+            gene_groups=str(p["gene_groups"]), task="survival", fusion="graph",
+            survival_loss="cox", folds=2, epochs=2, baselines="none", quiet=True,
+            out=str(tmp_path / "run"), threads=1,
+        )  # fmt: skip
+    assert all("deep_part_kept" not in f and f["best_epoch"] >= 0 for f in res.metrics["folds"])
+    assert "wide_only" not in res.metrics
+    assert pd.read_csv(res.out / "fold_0" / "history.csv")["epoch"].min() == 0

@@ -426,6 +426,7 @@ def fit_fusion_fold(
             rng=np.random.default_rng(seed + 7919 * member),
             gen=torch.Generator().manual_seed(seed + 7919 * member),
             bar=(bar, task_id),
+            wide_alone=wide_w is not None,  # not when its fit failed: that is no model
         )
         history += [{"member": member, **r} for r in hist]
         best_epochs.append(member_best)
@@ -500,7 +501,7 @@ def fit_fusion_fold(
         extra_cols, coverage = interval_columns(fm, passes, te, tr, unc.level)
         plain_logits = plain.mean(0)
     metrics = _score(fm, te, logits, tr)
-    if spec.wide:
+    if wide_w is not None:
         metrics["deep_part_kept"] = kept_deep
     if unc is not None:
         metrics[f"{key}_unweighted"] = _score(fm, te, plain_logits, tr)[key]
@@ -721,8 +722,11 @@ def _bootstrap_wide(cfg, mods, pre, trva, plan: _WidePlan, n_out, fold, *, n, se
     return out
 
 
-def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, rng, gen, bar):
-    """Train one network; keep the weights of the epoch with the lowest validation loss."""
+def _fit_member(
+    cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, rng, gen, bar, wide_alone
+):
+    """Train one network; keep the weights of the epoch with the lowest validation loss (with
+    ``wide_alone``, the untrained network, i.e. its fitted wide part alone, is a candidate)."""
     import torch
     from torch_geometric.data import Batch
 
@@ -742,7 +746,7 @@ def _fit_member(cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, r
     fm.model = net
     sel = EpochSelection(cfg.patience, bar=bar, task_id=task_id)
     val_idx = torch.arange(len(tr), len(tr) + len(va), device=device)
-    if net.spec.wide:  # the deep part's last layer starts at zero: the wide part alone
+    if wide_alone:  # the deep part's last layer starts at zero: the wide part alone
         _book_wide_alone(net, runner, fm, objective, tg, graphs, parts, sel, bs)
     n_types = len(net.mods)
     for epoch in range(cfg.epochs):
