@@ -334,8 +334,8 @@ def test_wide_cross_terms_are_the_linear_model(cohort, task):
 def test_wide_prototype_shares_are_the_linear_model(cohort):
     """With ``cross_prototypes``, the wide part counts each tile for its nearest prototype:
     the network's shares, slide terms and crosses are the linear model's, patients with
-    several slides average their slides' shares, and a slide's tiles in another order or
-    another slide's prototype assignment do not change them."""
+    several slides average their slides' shares, and the tiles given in another order do not
+    change the risks."""
     pytest.importorskip("lifelines")
     import pandas as pd
     from sklearn.cluster import KMeans
