@@ -147,10 +147,9 @@ def run_cell(
     cross_done = False
     for i, name in enumerate(variants):
         t0 = time.perf_counter()
-        want = [BASELINES.format(lin=lin)] if i == 0 else []
-        if not baselines:  # rows of another run on the same cohorts and folds
-            want = []
-        elif VARIANTS[name].get("cross") and not cross_done:
+        # without baselines, the rows join another run's on the same cohorts and folds
+        want = [BASELINES.format(lin=lin)] if i == 0 and baselines else []
+        if baselines and VARIANTS[name].get("cross") and not cross_done:
             want.append(CROSS_BASELINE.format(lin=lin))
             cross_done = True
         with warnings.catch_warnings():

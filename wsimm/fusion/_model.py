@@ -384,7 +384,7 @@ class FusionNet(nn.Module):
         if tiles is None or not st.num_nodes:
             return torch.zeros(B, D, device=dev), torch.zeros(B, device=dev)
         tx, tb = tiles
-        if self.spec.cross and self.spec.cross_prototypes:  # the nearest prototype's one-hot
+        if self.spec.cross_prototypes:  # the nearest prototype's one-hot (needs cross)
             tx = self._nearest_prototype(tx)
         n = int(st.num_nodes)
         cnt = torch.zeros(n, device=dev).index_add_(0, tb, torch.ones_like(tb, dtype=tx.dtype))

@@ -55,9 +55,9 @@ class FusionData:
     slide_ids: list[str]
     #: per patient, the mean of its slides' mean tiles (read once per run; features, not fits)
     tile_means: dict[str, np.ndarray | None] = field(default_factory=dict, repr=False)
-    #: tile prototypes and shares per (fitting patients, count, seed): a fold's wide part and
-    #: its ``cross`` baseline share one fit
-    prototypes: dict[tuple, tuple[pd.DataFrame, np.ndarray]] = field(
+    #: tile prototypes, shares and the tile normalisation per (fitting patients, count, seed,
+    #: normalised): a fold's wide part and its ``cross`` baseline share one fit
+    prototypes: dict[tuple, tuple[pd.DataFrame, np.ndarray, FeatureNorm | None]] = field(
         default_factory=dict, repr=False
     )
 
@@ -359,10 +359,7 @@ def fit_fusion_fold(
         graphs[len(tr) : len(tr) + len(va)],
         graphs[len(tr) + len(va) :],
     )
-    norm = None
-    if "slide" in modalities and cfg.normalize:
-        with_slides = [p for p in train_ids if mods.slides.get(p)]
-        norm = FeatureNorm.fit(fd.source, with_slides)  # type: ignore[arg-type]
+    norm = _fold_norm(cfg, fd, train_ids) if "slide" in modalities else None
     spec = FusionSpec(
         fusion=fusion,
         modalities=modalities,
@@ -380,17 +377,13 @@ def fit_fusion_fold(
     )
     plan = _WidePlan(wide_mods)
     if wide and spec.cross:  # slide terms: each patient's mean tile, penalty on validation
-        plan = replace(
-            plan,
-            slides=_patient_tile_means(fd, all_ids),
-            n_slide=spec.cross_slide_pcs,
-            n_cross=spec.cross_omics_pcs,
-            norm=norm,
-        )
+        plan = replace(plan, n_slide=spec.cross_slide_pcs, n_cross=spec.cross_omics_pcs, norm=norm)
         if spec.cross_prototypes:  # or its shares of tile prototypes (training tiles)
             plan.slides, plan.prototypes = _prototype_shares(
-                fd, train_ids, all_ids, spec.cross_prototypes, norm, seed
+                cfg, fd, train_ids, all_ids, spec.cross_prototypes, seed, norm=norm
             )
+        else:
+            plan.slides = _patient_tile_means(fd, all_ids)
         plan.penalizer = _choose_wide_penalty(cfg, mods, pre, tr, va, plan, n_out)
     wide_w = _fit_wide(cfg, mods, pre, tr, plan, n_out, fold) if wide else None
     index = [[pre.genes[a].index(x) for x in genes] for _, a, genes in pre.kinds]
@@ -652,18 +645,38 @@ def _patient_tile_means(fd: FusionData, pids: list[str]) -> pd.DataFrame:
 PROTOTYPE_TILES = 64
 
 
+def _fold_norm(cfg: TrainConfig, fd: FusionData, train_ids: list[str]) -> FeatureNorm | None:
+    """The tile normalisation of a fold's network: fitted on its training patients' tiles
+    (``None`` with ``normalize`` off)."""
+    if not cfg.normalize:
+        return None
+    with_slides = [p for p in train_ids if fd.mods.slides.get(p)]
+    return FeatureNorm.fit(fd.source, with_slides)  # type: ignore[arg-type]
+
+
 def _prototype_shares(
-    fd: FusionData, fit_ids: list[str], pids: list[str], n: int, norm, seed: int
+    cfg: TrainConfig,
+    fd: FusionData,
+    fit_ids: list[str],
+    pids: list[str],
+    n: int,
+    seed: int,
+    *,
+    norm: FeatureNorm | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """``n`` tile prototypes, a k-means of up to :data:`PROTOTYPE_TILES` tiles per slide of
     the patients in ``fit_ids`` (the fold's training patients; tiles as the network is given
-    them, normalised with ``norm``), and per patient of ``pids`` with a slide the share of
-    its tiles whose nearest prototype is each one (the mean over its slides)."""
+    them, normalised with ``norm``, or the fold's :func:`_fold_norm` when not given), and
+    per patient of ``pids`` with a slide the share of its tiles whose nearest prototype is
+    each one (the mean over its slides). Cached per fit in ``fd``, with its normalisation:
+    the ``cross`` baseline reuses its fold network's fit without reading the tiles again."""
     from sklearn.cluster import KMeans
 
     fit = sorted(set(fit_ids))  # not the tables' row order
-    key = (tuple(fit), n, seed, norm is not None)
+    key = (tuple(fit), n, seed, bool(cfg.normalize))
     if key not in fd.prototypes:
+        if norm is None:
+            norm = _fold_norm(cfg, fd, fit)
         rng = np.random.default_rng(seed)
         parts = []
         for p in fit:
@@ -680,8 +693,8 @@ def _prototype_shares(
             )
         km = KMeans(n, n_init=4, random_state=seed).fit(x.astype(np.float64))
         protos = km.cluster_centers_.astype(np.float32)
-        fd.prototypes[key] = (pd.DataFrame(dtype=np.float64), protos)
-    shares, protos = fd.prototypes[key]
+        fd.prototypes[key] = (pd.DataFrame(dtype=np.float64), protos, norm)
+    shares, protos, norm = fd.prototypes[key]
     new = [p for p in dict.fromkeys(pids) if p not in shares.index and fd.mods.slides.get(p)]
     if new:
         p2 = (protos.astype(np.float64) ** 2).sum(1)
@@ -695,7 +708,7 @@ def _prototype_shares(
             rows[p] = np.mean(per, 0)
         add = pd.DataFrame.from_dict(rows, orient="index")
         shares = pd.concat([shares, add]) if len(shares) else add
-        fd.prototypes[key] = (shares, protos)
+        fd.prototypes[key] = (shares, protos, norm)
     return shares.reindex([p for p in pids if p in shares.index]), protos
 
 
@@ -746,8 +759,13 @@ def _fit_member(
     fm.model = net
     sel = EpochSelection(cfg.patience, bar=bar, task_id=task_id)
     val_idx = torch.arange(len(tr), len(tr) + len(va), device=device)
-    if wide_alone:  # the deep part's last layer starts at zero: the wide part alone
-        _book_wide_alone(net, runner, fm, objective, tg, graphs, parts, sel, bs)
+    if wide_alone:  # the untrained network (deep part's last layer at zero) is the wide part
+        # alone: epoch -1, so the deep part is kept only from an epoch that beats it on the
+        # validation patients; a fold where none does keeps it (``deep_part_kept: 0``)
+        tr_idx = torch.arange(len(tr), device=device)
+        train_loss, _ = _evaluate(runner, fm, objective, tg, g_tr, tr_idx, None, bs)
+        val_loss, scores = _evaluate(runner, fm, objective, tg, g_va, val_idx, (tr, va), bs)
+        sel.end_epoch(net, -1, train_loss, val_loss, scores)
     n_types = len(net.mods)
     for epoch in range(cfg.epochs):
         ddp.train()
@@ -782,10 +800,7 @@ def _fit_member(
             sched.step()
             total += value * len(idx)
             seen += len(idx)
-        vl_logits, _ = runner.run(g_va, batch_size=bs, explain=False)
-        with torch.no_grad():
-            val_loss = float(objective(torch.as_tensor(vl_logits, device=device), tg, val_idx))
-        scores = _score(fm, va, vl_logits, tr, full=False)
+        val_loss, scores = _evaluate(runner, fm, objective, tg, g_va, val_idx, (tr, va), bs)
         if sel.end_epoch(net, epoch, total / max(seen, 1), val_loss, scores):
             if bar is not None:
                 bar.update(task_id, advance=cfg.epochs - epoch - 1)
@@ -794,26 +809,18 @@ def _fit_member(
     return sel.history, sel.best_epoch
 
 
-def _book_wide_alone(net, runner, fm, objective, tg, graphs, parts, sel, bs: int) -> None:
-    """Book the untrained network, whose output is its wide (linear) part alone, as epoch -1:
-    the deep part is then kept only from an epoch that beats its own linear model on the
-    validation patients, and a fold where none does keeps the linear model (reported as
-    ``deep_part_kept: 0``)."""
+def _evaluate(runner, fm, objective, tg, graphs, idx, score_parts, bs: int):
+    """The loss of the network (eval mode) on ``graphs``, whose targets are ``tg`` rows
+    ``idx``, and, with ``score_parts = (train, val)`` tables, the validation scores."""
     import torch
 
-    g_tr, g_va = graphs
-    tr, va = parts
-    dev = runner.device
-    at = {"train": torch.arange(len(tr), device=dev)}
-    at["val"] = torch.arange(len(tr), len(tr) + len(va), device=dev)
-    losses = {}
-    for name, gs in (("train", g_tr), ("val", g_va)):
-        lg, _ = runner.run(gs, batch_size=bs, explain=False)
-        if name == "val":
-            scores = _score(fm, va, lg, tr, full=False)
-        with torch.no_grad():
-            losses[name] = float(objective(torch.as_tensor(lg, device=dev), tg, at[name]))
-    sel.end_epoch(net, -1, losses["train"], losses["val"], scores)
+    logits, _ = runner.run(graphs, batch_size=bs, explain=False)
+    with torch.no_grad():
+        loss = float(objective(torch.as_tensor(logits, device=runner.device), tg, idx))
+    if score_parts is None:
+        return loss, None
+    tr, va = score_parts
+    return loss, _score(fm, va, logits, tr, full=False)
 
 
 def _explain(w: dict, top: int = 5) -> dict:
@@ -916,19 +923,16 @@ def fit_linear_fold(
         pids = tr["patient_id"].tolist() + sets["test"]
         plan = _WidePlan(
             ["omics", "clinical"],
-            slides=_patient_tile_means(fd, pids),
             n_slide=int(kw.get("cross_slide_pcs", 8)),
             n_cross=int(kw.get("cross_omics_pcs", 4)),
         )
         n_protos = int(kw.get("cross_prototypes", 0) or 0)
-        if n_protos:  # the same prototypes as the fold's network (training tiles, its norm)
-            norm = None
-            if cfg.normalize:
-                with_slides = [p for p in sets["train"] if fd.mods.slides.get(p)]
-                norm = FeatureNorm.fit(fd.source, with_slides)  # type: ignore[arg-type]
+        if n_protos:  # the fold network's prototypes (training tiles; usually cached)
             plan.slides, plan.prototypes = _prototype_shares(
-                fd, sets["train"], pids, n_protos, norm, cfg.seed * 1000 + fold
+                cfg, fd, sets["train"], pids, n_protos, cfg.seed * 1000 + fold
             )
+        else:
+            plan.slides = _patient_tile_means(fd, pids)
         va = rows.loc[sets["val"]].reset_index()
         plan.penalizer = _choose_wide_penalty(
             cfg, fd.mods, pre_tr, train_only, va, plan, n_classes or 1
