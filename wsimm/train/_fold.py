@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import logsumexp
 
 from wsimm.errors import ConfigError
 from wsimm.survival import TimeBins
@@ -159,10 +160,14 @@ def breslow(risk: np.ndarray, time: np.ndarray, event: np.ndarray) -> tuple[np.n
     risk = np.asarray(risk, np.float64)
     time = np.asarray(time, np.float64)
     event = np.asarray(event).astype(bool)
-    er = np.exp(risk - risk.max())
     ut = np.unique(time[event])
-    inc = np.array([event[time == u].sum() / er[time >= u].sum() for u in ut])
-    return ut, np.cumsum(inc) * np.exp(-risk.max())
+    # log of each increment, d_u / sum over the risk set of exp(risk): a risk set's sum taken
+    # in log space, so risks hundreds apart (a barely trained network's) do not underflow
+    log_inc = np.array(
+        [np.log(event[time == u].sum()) - logsumexp(risk[time >= u]) for u in ut], np.float64
+    )
+    with np.errstate(over="ignore"):  # an infinite hazard is the honest value there
+        return ut, np.cumsum(np.exp(log_inc))
 
 
 def json_clean(v):
