@@ -80,6 +80,7 @@ def run(
             row[f"{name}_unweighted"] = _auc(sub, "prob_unweighted_")
             row[f"{name}_weight"] = float(sub[f"uweight_{mod}"].mean())
         row["coverage"] = float(np.mean([f["interval_coverage"] for f in folds]))
+        row["set_mass"] = float(np.mean([f["interval_mass"] for f in folds]))
         row["auc_all"] = float(np.mean([f["auc"] for f in folds]))
         row["auc_all_unweighted"] = float(np.mean([f["auc_unweighted"] for f in folds]))
         return row
@@ -127,6 +128,12 @@ def main() -> None:
             f"{' '.join(f'{v:+.3f}' for v in gain)}; clean "
             f"{' '.join(f'{v:+.3f}' for v in g['clean_weighted'] - g['clean_unweighted'])}; "
             f"coverage of 80% intervals {' '.join(f'{v:.3f}' for v in g['coverage'])}"
+            + (
+                f" (the probability the grade sets hold: "
+                f"{' '.join(f'{v:.3f}' for v in g['set_mass'])})"
+                if "set_mass" in g
+                else ""
+            )
         )
     if args.csv:
         df.to_csv(args.csv, index=False)

@@ -227,6 +227,16 @@ def test_hgt_layers_run(cohort):
     assert net.kind_nets[0][0].weight.grad.abs().sum() > 0
 
 
+def _without_slides(cohort):
+    """The cohort's omics and clinical data, patients, and one outcome row per patient."""
+    co, paths = cohort
+    mods = _mods(co, paths)
+    mods.slides = {}
+    pids = co.patients["patient_id"].tolist()
+    table = co.labels.drop_duplicates("patient_id").set_index("patient_id").loc[pids]
+    return mods, pids, table.reset_index().rename(columns={"grade": "y"})
+
+
 @pytest.mark.parametrize("task", ["survival", "grade"])
 def test_wide_part_is_the_linear_model(cohort, task):
     """A network with a wide part starts as exactly the fitted linear model (Cox risk, or
@@ -234,12 +244,7 @@ def test_wide_part_is_the_linear_model(cohort, task):
     pytest.importorskip("lifelines")
     from wsimm.fusion import LinearBaseline, design_matrix
 
-    co, paths = cohort
-    mods = _mods(co, paths)
-    mods.slides = {}
-    pids = co.patients["patient_id"].tolist()
-    table = co.labels.drop_duplicates("patient_id").set_index("patient_id").loc[pids]
-    table = table.reset_index().rename(columns={"grade": "y"})
+    mods, pids, table = _without_slides(cohort)
     assert table["y"].nunique() == 3
     pre = Preprocessor.fit(mods, pids, group_pcs=4)
     k = 1 if task == "survival" else 3
@@ -267,6 +272,46 @@ def test_wide_part_is_the_linear_model(cohort, task):
     else:
         p = torch.softmax(torch.as_tensor(logits), 1).numpy()
         np.testing.assert_allclose(p[has], want[has], atol=1e-4)
+
+
+@pytest.mark.parametrize("task", ["survival", "grade"])
+def test_wide_part_rewritten_for_the_networks_standardisation(cohort, task):
+    """The wide part refitted on more patients (training + validation) standardises over
+    them (``restandardised``: the network's genes and categories, new means and sds);
+    rewritten over the network's standardisation (fitted on fewer patients) it gives the
+    same scores, and no rewrite is offered when the two keep different genes or categories."""
+    pytest.importorskip("lifelines")
+    from wsimm.fusion import LinearBaseline
+
+    mods, pids, table = _without_slides(cohort)
+    pre = Preprocessor.fit(mods, pids[:18], group_pcs=4)
+    own = pre.restandardised(mods, pids)
+    assert own.genes == pre.genes and own.clin_cat == pre.clin_cat
+    assert own.clin_num != pre.clin_num
+    assert all(np.abs(own.omics_mean[a] - pre.omics_mean[a]).max() > 1e-3 for a in pre.genes)
+    k = 1 if task == "survival" else 3
+    lb = LinearBaseline(task, use_omics=True).fit(mods, own, table, n_classes=k)
+    w = lb.wide_weights(k).for_preprocessor(own, pre)
+    net = _net(mods, pre, "graph", hidden=16, heads=2, n_outputs=k, wide=True,
+               wide_genes={a: len(g) for a, g in pre.genes.items()})  # fmt: skip
+    net.set_wide(w)
+    net.eval()
+    b = Batch.from_data_list(build_graphs(mods, pre, pids, slide_index={}))
+    with torch.no_grad():
+        logits = net(b).logits.double().numpy()
+    has = np.isin(pids, mods.omics.patients)
+    want = lb.predict(pids)
+    got = logits[has, 0] if task == "survival" else torch.softmax(torch.as_tensor(logits), 1)
+    np.testing.assert_allclose(got if task == "survival" else got.numpy()[has], want[has],
+                               atol=1e-4)  # fmt: skip
+    # unrewritten, the weights read the network's inputs as if standardised like their own
+    net.set_wide(lb.wide_weights(k))
+    with torch.no_grad():
+        raw = net(b).logits.double().numpy()
+    assert np.abs(raw - logits).max() > 1e-2
+    other = Preprocessor.fit(mods, pids)  # keeps genes and categories the network lacks
+    assert other.genes != pre.genes or other.clin_cat != pre.clin_cat
+    assert lb.wide_weights(k).for_preprocessor(other, pre) is None
 
 
 @pytest.mark.parametrize("task", ["survival", "grade"])

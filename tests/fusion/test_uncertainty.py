@@ -103,6 +103,10 @@ def test_grading_sets_cover_as_reported(tmp_path):
         assert r["interval_level"] == 0.9
         probs = f[[c for c in f.columns if c.startswith("prob_") and "unweighted" not in c]]
         np.testing.assert_allclose(probs.sum(1), 1, atol=1e-6)
+        # the probability each set holds (of the passes' averaged probabilities) reaches the
+        # level; its mean is what calibrated sets would cover
+        assert ((f["set_mass"] >= 0.9 - 1e-9) & (f["set_mass"] <= 1 + 1e-9)).all()
+        assert r["interval_mass"] == pytest.approx(f["set_mass"].mean())
     assert (p["set_size"] >= 1).all() and (p["set_size"] <= 3).all()
 
 

@@ -117,3 +117,74 @@ def test_cli_tune_flag_and_config_block(small_grade, tmp_path):
     table = pd.read_csv(tmp_path / "cli" / "tuning.csv")
     assert sorted(table["weight_decay"].unique()) == [0.0001, 0.1]  # the block, not the default
     assert "inner_auc" in table.columns
+
+
+def test_graph_fusion_ranks_its_wide_part_alone(tmp_path):
+    """A tuned graph fusion with a wide part also ranks that wide part alone
+    (``fusion_kwargs.deep: false``) on the same inner folds. A network that cannot learn
+    (lr 0: its deep part's last layer stays at zero) is its wide part alone in every inner
+    fold, so both rows score the same, and a tie goes to the wide part alone (the simpler
+    model, listed first); ``deep: false`` itself trains no epoch and
+    predicts the linear terms; ``tune.wide_alone: false`` drops the candidate."""
+    pytest.importorskip("torch_geometric")
+    pytest.importorskip("lifelines")
+    import warnings
+
+    import wsimm
+    from wsimm.errors import WsimmWarning
+
+    co = wsimm.make_cohort(60, seed=4, weights=(0.0, 1.0, 1.0), feature_dim=8)
+    p = co.save(tmp_path)
+    common = dict(
+        labels=str(p["labels"]), omics=str(p["omics"]), clinical=str(p["clinical"]),
+        gene_groups=str(p["gene_groups"]), task="survival", fusion="graph",
+        survival_loss="cox", folds=3, epochs=3, baselines="none", quiet=True, threads=1,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WsimmWarning)
+        tuned = train(**common, tune={"folds": 2, "grid": {"lr": [0.0]}}, out=str(tmp_path / "t"))
+        alone = train(**common, fusion_kwargs={"deep": False}, out=str(tmp_path / "w"))
+        plain = train(
+            **common, tune={"folds": 2, "grid": {"lr": [0.0]}, "wide_alone": False},
+            out=str(tmp_path / "p"),
+        )  # fmt: skip
+    table = pd.read_csv(tuned.out / "tuning.csv")
+    assert len(table) == 3 * 2
+    for _, d in table.groupby("fold"):
+        wide, net = d.iloc[0], d.iloc[1]
+        assert net["lr"] == 0.0 and not wide["fusion_kwargs.deep"]
+        np.testing.assert_allclose(
+            wide[["inner_fold_0", "inner_fold_1"]].to_numpy(float),
+            net[["inner_fold_0", "inner_fold_1"]].to_numpy(float),
+        )
+        assert bool(wide["chosen"]) and not bool(net["chosen"])
+    assert "fusion_kwargs.deep" not in pd.read_csv(plain.out / "tuning.csv").columns
+
+    m = alone.metrics
+    assert m["wide_only"] == [0, 1, 2] and all(f["deep_part_kept"] == 0 for f in m["folds"])
+    assert pd.read_csv(alone.out / "fold_0" / "history.csv")["epoch"].tolist() == [-1]
+    pred = alone.predictions
+    np.testing.assert_allclose(
+        pred["risk"], pred["linear_clinical"] + pred["linear_omics"], atol=1e-4
+    )
+    np.testing.assert_allclose(pred["risk"], tuned.predictions["risk"], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"fusion": "late", "fusion_kwargs": {"deep": False}}, "need --fusion graph"),
+        ({"fusion": "graph", "fusion_kwargs": {"deep": False, "wide": False}}, "has none"),
+    ],
+)
+def test_deep_false_needs_a_wide_part(tmp_path, kw, match):
+    pytest.importorskip("torch_geometric")
+    import wsimm
+
+    p = wsimm.make_cohort(30, seed=1, feature_dim=8).save(tmp_path)
+    with pytest.raises(ConfigError, match=match):
+        train(
+            labels=str(p["labels"]), omics=str(p["omics"]), clinical=str(p["clinical"]),
+            task="survival", folds=2, epochs=1, baselines="none", quiet=True,
+            out=str(tmp_path / "r"), **kw,
+        )  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +325,24 @@ class Modalities:
 # -- preprocessing fitted on training patients --------------------------------------------------
 
 
+def _gene_stats(df: pd.DataFrame, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each gene's mean and sd over the patients of ``ids`` that ``df`` has (NaN ignored)."""
+    x = df.reindex([p for p in ids if p in df.index]).to_numpy(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN genes
+        mu = np.nanmean(x, 0) if len(x) else np.zeros(x.shape[1])
+        sd = np.nanstd(x, 0) if len(x) else np.ones(x.shape[1])
+    return mu, sd
+
+
+def _numeric_stats(col: pd.Series) -> tuple[float, float]:
+    """A numeric clinical column's mean and sd (1 where it does not vary)."""
+    v = pd.to_numeric(col, errors="coerce").dropna()
+    mu = float(v.mean()) if len(v) else 0.0
+    sd = float(v.std()) if len(v) > 1 else 1.0
+    return mu, sd if sd > 1e-8 else 1.0
+
+
 @dataclass
 class Preprocessor:
     """Normalisation and vocabularies fitted on one fold's training patients.
@@ -360,12 +378,7 @@ class Preprocessor:
         pre = cls()
         if mods.omics is not None:
             for a, df in mods.omics.assays.items():
-                tr = df.reindex([p for p in train_ids if p in df.index])
-                x = tr.to_numpy(np.float64)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN genes
-                    mu = np.nanmean(x, 0) if len(x) else np.zeros(x.shape[1])
-                    sd = np.nanstd(x, 0) if len(x) else np.ones(x.shape[1])
+                mu, sd = _gene_stats(df, train_ids)
                 keep = np.isfinite(mu) & np.isfinite(sd) & (sd > 1e-8)
                 genes = [g for g, k in zip(df.columns, keep, strict=True) if k]
                 pre.genes[a] = genes
@@ -403,14 +416,27 @@ class Preprocessor:
             tr = mods.clinical.reindex([p for p in train_ids if p in mods.clinical.index])
             for c, t in mods.clinical_spec.infer(tr).items():
                 if t == "numeric":
-                    v = pd.to_numeric(tr[c], errors="coerce").dropna()
-                    mu = float(v.mean()) if len(v) else 0.0
-                    sd = float(v.std()) if len(v) > 1 else 1.0
-                    pre.clin_num[c] = (mu, sd if sd > 1e-8 else 1.0)
+                    pre.clin_num[c] = _numeric_stats(tr[c])
                 else:
                     counts = tr[c].dropna().astype(str).value_counts()
                     pre.clin_cat[c] = sorted(counts.index[counts >= min_count].tolist())
         return pre
+
+    def restandardised(self, mods: Modalities, ids: list[str]) -> Preprocessor:
+        """The same genes, gene groups, clinical columns and categories, with the means and
+        sds refitted on ``ids`` (a gene constant over them keeps its old ones): the
+        standardisation of a linear model refitted on more patients than this one saw."""
+        out = replace(self, omics_mean=dict(self.omics_mean), omics_std=dict(self.omics_std))
+        if mods.omics is not None:
+            for a, genes in self.genes.items():
+                mu, sd = _gene_stats(mods.omics.assays[a][genes], ids)
+                ok = np.isfinite(mu) & np.isfinite(sd) & (sd > 1e-8)
+                out.omics_mean[a] = np.where(ok, mu, self.omics_mean[a]).astype(np.float32)
+                out.omics_std[a] = np.where(ok, sd, self.omics_std[a]).astype(np.float32)
+        if mods.clinical is not None and self.clin_num:
+            tr = mods.clinical.reindex([p for p in ids if p in mods.clinical.index])
+            out.clin_num = {c: _numeric_stats(tr[c]) for c in self.clin_num}
+        return out
 
     # -- transforms ---------------------------------------------------------------------------
     def omics_matrix(

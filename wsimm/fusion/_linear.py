@@ -149,6 +149,44 @@ class WideWeights:
             self, slide_mean=(self.slide_mean - m) / s, slide_comp=s[:, None] * self.slide_comp
         )
 
+    def for_preprocessor(self, own: Preprocessor, net: Preprocessor) -> WideWeights | None:
+        """The same model for a network that standardises its inputs with ``net`` rather
+        than ``own``, the preprocessor it was fitted with (the network's is fitted on its
+        training patients, a refit on training + validation patients has its own). Each gene
+        and numeric clinical value is one rescaling and shift away; the shifts go to
+        ``omics_shift`` / ``cross_shift`` and the numeric column's category slot, so each
+        modality's term does not change (but for values clipped at 10 sd or missing: those
+        sit at each preprocessor's own training mean). ``None`` where the two keep other
+        genes, clinical columns or categories: then no rewrite is exact."""
+        if (
+            own.genes != net.genes
+            or own.clinical_columns != net.clinical_columns
+            or own.clin_cat != net.clin_cat
+        ):
+            return None
+        omics, cross = {}, dict(self.cross_omics) if self.cross_omics is not None else None
+        shift, cshift = self.omics_shift.copy(), self.cross_shift
+        for a, w in self.omics.items():  # own z = net z * r + d, gene by gene
+            so, sn = own.omics_std[a].astype(np.float64), net.omics_std[a].astype(np.float64)
+            r = sn / so
+            d = (net.omics_mean[a].astype(np.float64) - own.omics_mean[a]) / so
+            omics[a] = w * r[:, None]
+            shift = shift - d @ w
+            if cross is not None and cshift is not None:
+                cross[a] = self.cross_omics[a] * r[:, None]  # type: ignore[index]
+                cshift = cshift - d @ self.cross_omics[a]  # type: ignore[index]
+        num, cat = self.num.copy(), self.cat.copy()
+        offs, _ = net.clinical_slots()
+        for i, c in enumerate(net.clinical_columns):
+            if c in net.clin_num:  # the shift sits in the column's own slot: a patient
+                (mo, so_), (mn, sn_) = own.clin_num[c], net.clin_num[c]  # without the value
+                num[i] = self.num[i] * sn_ / so_  # has no node and gets neither
+                cat[offs[c]] = cat[offs[c]] + self.num[i] * (mn - mo) / so_
+        return replace(
+            self, num=num, cat=cat, omics=omics, omics_shift=shift,
+            cross_omics=cross, cross_shift=cshift,
+        )  # fmt: skip
+
 
 @dataclass
 class LinearBaseline:

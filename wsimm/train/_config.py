@@ -132,6 +132,8 @@ class TrainConfig:
         if self.fusion != "none":
             self._refuse_slide_only_options()
         graph_only = sorted(k for k in GRAPH_ONLY_KWARGS if self.fusion_kwargs.get(k))
+        if not self.fusion_kwargs.get("deep", True):  # the wide part alone: graph fusion's
+            graph_only.append("deep: false")
         if graph_only and self.fusion != "graph":
             raise ConfigError(
                 f"fusion_kwargs {', '.join(graph_only)} need --fusion graph (got --fusion "

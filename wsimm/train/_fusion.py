@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wsimm.errors import DataError, WsimmWarning
+from wsimm.errors import ConfigError, DataError, WsimmWarning
 from wsimm.fusion._inputs import (
     Modalities,
     Preprocessor,
@@ -60,6 +60,16 @@ class FusionData:
     prototypes: dict[tuple, tuple[pd.DataFrame, np.ndarray, FeatureNorm | None]] = field(
         default_factory=dict, repr=False
     )
+
+    def wide_alone_candidates(self, cfg: TrainConfig) -> list[dict]:
+        """``--tune``'s extra candidate for a graph fusion with a wide part: that wide part
+        alone (``fusion_kwargs.deep: false``), so the inner cross-validation, not one
+        validation set, says whether the deep part earns its place in this outer fold."""
+        kw = cfg.fusion_kwargs
+        has_wide = kw.get("wide", True) and {"omics", "clinical"} & set(self.mods.names)
+        if cfg.fusion != "graph" or not has_wide or not kw.get("deep", True):
+            return []
+        return [{"fusion_kwargs.deep": False}]
 
     @property
     def slide_index(self) -> dict[str, int]:
@@ -352,6 +362,12 @@ def fit_fusion_fold(
     unc = UncertaintySpec.pop_from(kw)
     wide_mods = [m for m in modalities if m in ("omics", "clinical")]
     wide = bool(kw.pop("wide", fusion == "graph")) and bool(wide_mods)
+    deep = bool(kw.pop("deep", True))
+    if not deep and not wide:
+        raise ConfigError(
+            "fusion_kwargs deep: false keeps the graph fusion's wide (linear) part alone, and "
+            f"this {fusion} fusion has none (it needs omics or clinical data and wide: true)"
+        )
     pre = Preprocessor.fit(mods, train_ids, group_pcs=group_pcs)
     graphs = build_graphs(mods, pre, all_ids, slide_index=fd.slide_index, use=tuple(modalities))
     g_tr, g_va, g_te = (
@@ -420,6 +436,7 @@ def fit_fusion_fold(
             gen=torch.Generator().manual_seed(seed + 7919 * member),
             bar=(bar, task_id),
             wide_alone=wide_w is not None,  # not when its fit failed: that is no model
+            epochs=cfg.epochs if deep else 0,  # deep: false: the wide part alone, untrained
         )
         history += [{"member": member, **r} for r in hist]
         best_epochs.append(member_best)
@@ -428,7 +445,7 @@ def fit_fusion_fold(
         bar.update(task_id, completed=cfg.epochs * n_models)
     if wide_w is not None:  # the epoch is chosen: refit the linear part on train + validation
         trva = pd.concat([tr, va], ignore_index=True)
-        wide_w = _fit_wide(cfg, mods, pre, trva, plan, n_out, fold, refit=True) or wide_w
+        wide_w = _refit_wide(cfg, mods, pre, trva, plan, n_out, fold) or wide_w
         for m in members:
             m.set_wide(wide_w)
     net = members[0] if n_models == 1 else FusionEnsemble(members)
@@ -499,6 +516,8 @@ def fit_fusion_fold(
     if unc is not None:
         metrics[f"{key}_unweighted"] = _score(fm, te, plain_logits, tr)[key]
         metrics["interval_coverage"], metrics["interval_level"] = coverage, unc.level
+        if "set_mass" in extra_cols:  # grading: the coverage calibrated sets would show
+            metrics["interval_mass"] = float(np.mean(extra_cols["set_mass"]))
         if cfg.task == "survival":
             extra_cols["risk_unweighted"] = fm.risk(plain_logits)
         else:
@@ -586,6 +605,16 @@ def _fit_wide(
             stacklevel=2,
         )
         return None
+
+
+def _refit_wide(cfg, mods, pre, trva: pd.DataFrame, plan: _WidePlan, n_out: int, fold: int):
+    """The wide part refitted on training + validation patients once the epoch is chosen,
+    standardised over those patients too (the network's genes and categories; means and sds
+    as the ``clinical_omics_pca_*`` baseline has them, so their principal components agree)
+    and rewritten over the network's own inputs."""
+    own = pre.restandardised(mods, trva["patient_id"].tolist())
+    w = _fit_wide(cfg, mods, own, trva, plan, n_out, fold, refit=True)
+    return w.for_preprocessor(own, pre) if w is not None else None
 
 
 def _wide_view(mods: Modalities, plan: _WidePlan) -> Modalities:
@@ -721,25 +750,26 @@ def _network_tiles(fd: FusionData, sid: str, norm) -> np.ndarray:
 
 
 def _bootstrap_wide(cfg, mods, pre, trva, plan: _WidePlan, n_out, fold, *, n, seed) -> list:
-    """The wide part refitted on ``n`` bootstrap resamples of the training + validation
-    patients (uncertainty weighting: one per Monte Carlo pass), quietly skipping resamples
-    it cannot be fitted on."""
+    """The wide part refitted (as :func:`_refit_wide` does) on ``n`` bootstrap resamples of
+    the training + validation patients (uncertainty weighting: one per Monte Carlo pass),
+    quietly skipping resamples it cannot be fitted on."""
     out = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", WsimmWarning)
         for b in range(n):
             idx = np.random.default_rng([seed, 104729, b]).integers(0, len(trva), len(trva))
-            w = _fit_wide(cfg, mods, pre, trva.iloc[idx], plan, n_out, fold, refit=True)
+            w = _refit_wide(cfg, mods, pre, trva.iloc[idx], plan, n_out, fold)
             if w is not None:
                 out.append(w)
     return out
 
 
 def _fit_member(
-    cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, rng, gen, bar, wide_alone
+    cfg, net, runner, fm, objective, tg, graphs, parts, *, p_drop, rng, gen, bar, wide_alone, epochs
 ):
-    """Train one network; keep the weights of the epoch with the lowest validation loss (with
-    ``wide_alone``, the untrained network, i.e. its fitted wide part alone, is a candidate)."""
+    """Train one network for ``epochs``; keep the weights of the epoch with the lowest
+    validation loss (with ``wide_alone``, the untrained network, i.e. its fitted wide part
+    alone, is a candidate)."""
     import torch
     from torch_geometric.data import Batch
 
@@ -767,7 +797,7 @@ def _fit_member(
         val_loss, scores = _evaluate(runner, fm, objective, tg, g_va, val_idx, (tr, va), bs)
         sel.end_epoch(net, -1, train_loss, val_loss, scores)
     n_types = len(net.mods)
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         ddp.train()
         perm = rng.permutation(len(g_tr))
         total, seen = 0.0, 0
@@ -803,7 +833,7 @@ def _fit_member(
         val_loss, scores = _evaluate(runner, fm, objective, tg, g_va, val_idx, (tr, va), bs)
         if sel.end_epoch(net, epoch, total / max(seen, 1), val_loss, scores):
             if bar is not None:
-                bar.update(task_id, advance=cfg.epochs - epoch - 1)
+                bar.update(task_id, advance=epochs - epoch - 1)
             break
     sel.restore(net)
     return sel.history, sel.best_epoch
@@ -873,7 +903,9 @@ def baseline_plan(cfg: TrainConfig, modalities: list[str]) -> list[tuple[str, di
     if cfg.fusion_kwargs.get("cross") and {"slide", "omics"} <= set(modalities):
         # the run's wide part alone: what its slide x omics crosses reach without a network
         plan.append((f"clinical_omics_slide_cross_{lin}", {"linear": "cross"}))
-    extras = any(cfg.fusion_kwargs.get(k) for k in EXTRA_KWARGS)
+    extras = any(cfg.fusion_kwargs.get(k) for k in EXTRA_KWARGS) or not cfg.fusion_kwargs.get(
+        "deep", True
+    )
     if len(modalities) > 1:
         for f in ("late", "concat", "kronecker", "graph"):
             if f != cfg.fusion or extras:  # the plain graph when the run's has extras
@@ -885,8 +917,6 @@ def baseline_plan(cfg: TrainConfig, modalities: list[str]) -> list[tuple[str, di
         names = [n for n, _ in plan]
         unknown = sorted(set(want) - set(names))
         if unknown:
-            from wsimm.errors import ConfigError
-
             raise ConfigError(
                 f"unknown baseline(s) {', '.join(unknown)} for this run; choose from "
                 f"{', '.join(names)}, auto or none"
@@ -983,7 +1013,7 @@ def run_baselines(
                     kw = {
                         k: v
                         for k, v in k_cfg.fusion_kwargs.items()
-                        if k not in EXTRA_KWARGS + EXTRA_SETTINGS + TEST_TIME_KWARGS
+                        if k not in EXTRA_KWARGS + EXTRA_SETTINGS + TEST_TIME_KWARGS + ("deep",)
                     }
                     res = fit_fusion_fold(
                         replace(k_cfg, fusion_kwargs=kw),

@@ -88,7 +88,12 @@ def summarise_folds(task: str, rows: list[dict]) -> tuple[dict, dict]:
     keys += sorted({k for r in rows for k in r if "_without_" in k})
     # uncertainty weighting (fusion_kwargs uncertainty): the same passes unweighted, coverage
     keys += sorted(
-        {k for r in rows for k in r if k.endswith("_unweighted") or k == "interval_coverage"}
+        {
+            k
+            for r in rows
+            for k in r
+            if k.endswith("_unweighted") or k in ("interval_coverage", "interval_mass")
+        }
     )
     mean, std = {}, {}
     for key in keys:

@@ -237,7 +237,13 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
                         from wsimm.train._tune import tune_fold, with_values
 
                         tuned = tune_fold(
-                            cfg, fit, sets["train"] + sets["val"], strata_of, int(k), bar=bar
+                            cfg,
+                            fit,
+                            sets["train"] + sets["val"],
+                            strata_of,
+                            int(k),
+                            extra=fd.wide_alone_candidates(cfg) if fd is not None else [],
+                            bar=bar,
                         )
                         fold_cfg = with_values(cfg, tuned.chosen)
                         tunings.append(tuned.table)

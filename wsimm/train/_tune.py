@@ -7,6 +7,7 @@ A ``tune:`` block in ``--config`` sets the search; ``--tune`` alone uses :data:`
 
     tune:
       folds: 3                      # inner folds
+      wide_alone: true              # graph fusion: its wide part alone is a candidate too
       grid:                         # every combination is tried
         lr: [2.0e-4, 1.0e-3]
         weight_decay: [1.0e-4, 1.0e-2]
@@ -18,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,12 +70,16 @@ class TuneSpec:
 
     grid: dict[str, list[Any]]
     folds: int = 3
+    #: a graph fusion with a wide part also ranks that wide part alone (``deep: false``)
+    wide_alone: bool = True
 
     @classmethod
     def from_config(cls, tune: dict[str, Any]) -> TuneSpec:
-        unknown = sorted(set(tune) - {"grid", "folds"})
+        unknown = sorted(set(tune) - {"grid", "folds", "wide_alone"})
         if unknown:
-            raise ConfigError(f"tune: unknown keys {', '.join(unknown)} (valid: grid, folds)")
+            raise ConfigError(
+                f"tune: unknown keys {', '.join(unknown)} (valid: grid, folds, wide_alone)"
+            )
         grid = tune.get("grid") or DEFAULT_GRID
         if not isinstance(grid, dict):
             raise ConfigError("tune.grid must map option names to lists of values")
@@ -94,7 +99,10 @@ class TuneSpec:
         folds = int(tune.get("folds", 3))
         if folds < 2:
             raise ConfigError(f"tune.folds must be >= 2, got {folds}")
-        return cls({k: list(v) for k, v in grid.items()}, folds)
+        wide_alone = tune.get("wide_alone", True)
+        if not isinstance(wide_alone, bool):
+            raise ConfigError(f"tune.wide_alone must be true or false, got {wide_alone!r}")
+        return cls({k: list(v) for k, v in grid.items()}, folds, wide_alone)
 
     def candidates(self) -> list[dict[str, Any]]:
         keys = list(self.grid)
@@ -134,10 +142,13 @@ def tune_fold(
     strata: dict[str, Any],
     fold: int,
     *,
+    extra: Sequence[dict[str, Any]] = (),
     bar=None,
 ) -> TuneResult:
     """Rank every candidate by its mean metric over an inner cross-validation of ``ids`` (the
     outer fold's training and validation patients) and return the best (the first on ties).
+    ``extra`` candidates (a graph fusion's wide part alone, with ``wide_alone``) come first:
+    a tie goes to the simpler model.
 
     ``fit(cfg, sets, inner_fold)`` trains one inner fold and returns its
     :class:`~wsimm.train._fit.FoldResult`; an inner fold that cannot be trained (no events in
@@ -155,7 +166,7 @@ def tune_fold(
         int(j): {s: d.loc[d["set"] == s, "patient_id"].tolist() for s in ("train", "val", "test")}
         for j, d in splits.groupby("fold", sort=True)
     }
-    cands = spec.candidates()
+    cands = (list(extra) if spec.wide_alone else []) + spec.candidates()
     task_id = (
         bar.add_task(f"fold {fold} tuning", total=len(cands) * len(inner), rate="")
         if bar is not None

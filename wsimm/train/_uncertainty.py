@@ -217,17 +217,24 @@ def interval_columns(fm, passes: np.ndarray, part: pd.DataFrame, train: pd.DataF
     falls that low), and ``risk_sd``; coverage counts each event inside its interval and each
     censored patient by the share of its remaining mass inside (D-calibration's rule).
     Grading: ``pred_set``, the most probable grades holding ``level`` of the averaged
-    probabilities; coverage is how often it holds the true grade."""
+    probabilities, and ``set_mass``, the probability they hold (a whole grade at a time, so
+    usually more than ``level``: the coverage a calibrated model shows); coverage is how often
+    the set holds the true grade."""
     hi_q, lo_q = (1 + level) / 2, (1 - level) / 2
     if fm.task == "grade":
         prob = np.mean([fm.probabilities(p) for p in passes], 0)
         order = np.argsort(-prob, 1, kind="stable")
         cum = np.cumsum(np.take_along_axis(prob, order, 1), 1)
-        size = (cum < level).sum(1) + 1
+        size = np.minimum((cum < level).sum(1) + 1, prob.shape[1])
         sets = [sorted(order[i, : size[i]].tolist()) for i in range(len(prob))]
         y = part["y"].to_numpy()
         covered = np.array([y[i] in s for i, s in enumerate(sets)], float)
-        cols = {"pred_set": ["|".join(map(str, s)) for s in sets], "set_size": size}
+        cols = {
+            "pred_set": ["|".join(map(str, s)) for s in sets],
+            "set_size": size,
+            # the probability the set holds: what a calibrated model covers (>= level)
+            "set_mass": cum[np.arange(len(prob)), size - 1],
+        }
         return cols, float(covered.mean()) if len(covered) else float("nan")
     grid = np.unique(train["time"].to_numpy(np.float64))  # where the curves can step
     surv = np.mean([fm.survival_at(p, grid) for p in passes], 0)  # (n, len(grid))
