@@ -229,7 +229,7 @@ def main(argv=None) -> None:
     refs = ("additive Cox", "interaction Cox", "true-shares Cox")
     others = [n for n in others if "Cox:" not in n and n not in refs]
     for n in names:
-        if n.startswith("graph +"):
+        if n.startswith("graph +") and others:  # none with --no-baselines
             margins = [
                 min(np.mean(table[c][n]) - np.mean(table[c][o]) for o in others if o in table[c])
                 for c in table
