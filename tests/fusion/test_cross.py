@@ -8,6 +8,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 pytest.importorskip("torch_geometric")
@@ -73,6 +74,44 @@ def _metas(out):
     import json
 
     return [json.loads(p.read_text()) for p in sorted(out.glob("fold_*/meta.json"))]
+
+
+def test_the_cross_form_is_chosen_per_fold_on_validation(tmp_path):
+    """``cross_prototypes: [0, 8]``: per fold, the slide-term form (mean tile or 8 prototype
+    shares) whose wide part scores best on the validation patients; that fold then is the
+    run with that form alone (same risks, network and ``cross`` baseline), and the choice and
+    both scores are in its meta.json."""
+    co = make_interaction_cohort(90, family="types", seed=2, tiles_per_slide=(40, 80))
+    paths = co.save(tmp_path)
+    wsimm.bags_to_store(co.bags, tmp_path / "s.zarr")
+    runs = {}
+    for name, forms in (("choice", [0, 8]), ("mean", 0), ("protos", 8)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", WsimmWarning)
+            runs[name] = train(
+                store=str(tmp_path / "s.zarr"), labels=str(paths["labels"]),
+                omics=str(paths["omics"]), clinical=str(paths["clinical"]),
+                gene_groups=str(paths["gene_groups"]), task="survival", fusion="graph",
+                survival_loss="cox", folds=3, epochs=2, seed=1,
+                fusion_kwargs={"cross": True, "cross_prototypes": forms, "hidden": 16},
+                baselines="clinical_omics_slide_cross_cox", out=str(tmp_path / name),
+                quiet=True, threads=1,
+            )  # fmt: skip
+    chosen = []
+    for f, meta in zip(runs["choice"].metrics["folds"], _metas(runs["choice"].out), strict=True):
+        scores = meta["cross_validation"]
+        assert set(scores) == {"0", "8"}
+        best = max((0, 8), key=lambda k: (scores[str(k)], -k))  # the first form on ties
+        assert f["cross_prototypes"] == meta["cross_prototypes"] == best
+        chosen.append(best)
+        same = runs["protos" if best else "mean"]
+        for sub in ("", "baselines/clinical_omics_slide_cross_cox/"):
+            a, b = (
+                pd.read_csv(r.out / sub / "predictions.csv").query(f"fold == {f['fold']}")
+                for r in (runs["choice"], same)
+            )
+            np.testing.assert_allclose(a["risk"], b["risk"], rtol=1e-6, atol=1e-6)
+    print("forms chosen per fold:", chosen)
 
 
 def test_too_few_training_tiles_for_the_prototypes_is_one_clear_error(tmp_path):

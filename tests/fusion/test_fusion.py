@@ -520,15 +520,37 @@ def test_graph_only_switches_are_refused_elsewhere():
     assert "graph_fusion" not in [n for n, _ in baseline_plan(plain, ["slide", "omics"])]
 
 
-def test_switches_without_slides_are_refused_before_anything_is_written(cohort, tmp_path):
+def _refused_before_writing(cohort, tmp_path, fusion_kwargs: dict, match: str) -> None:
+    """A graph fusion run on the cohort's omics and clinical data (no slides) with these
+    switches fails with one ConfigError matching ``match``, and writes nothing."""
     from wsimm.errors import ConfigError
     from wsimm.train import train
 
     _, paths = cohort
     out = tmp_path / "run"
-    with pytest.raises(ConfigError, match=r"coattention join slides and omics.*omics, clinical"):
+    with pytest.raises(ConfigError, match=match):
         train(labels=str(paths["labels"]), omics=str(paths["omics"]),
               clinical=str(paths["clinical"]), gene_groups=str(paths["gene_groups"]),
               task="survival", fusion="graph", out=str(out), quiet=True,
-              fusion_kwargs={"coattention": True})  # fmt: skip
+              fusion_kwargs=fusion_kwargs)  # fmt: skip
     assert not out.exists()
+
+
+def test_switches_without_slides_are_refused_before_anything_is_written(cohort, tmp_path):
+    _refused_before_writing(
+        cohort,
+        tmp_path,
+        {"coattention": True},
+        r"coattention join slides and omics.*omics, clinical",
+    )
+
+
+@pytest.mark.parametrize("forms", [[1], [0, 1], "16", True, []])
+def test_bad_cross_forms_are_refused_before_anything_is_written(cohort, tmp_path, forms):
+    from wsimm.train._fusion import cross_forms
+
+    assert cross_forms([16, 0, 16]) == [16, 0] and cross_forms(8) == [8]
+    _refused_before_writing(
+        cohort, tmp_path, {"cross": True, "cross_prototypes": forms},
+        r"cross_prototypes must be 0 \(the mean tile\)",
+    )  # fmt: skip

@@ -376,6 +376,13 @@ def fit_fusion_fold(
         graphs[len(tr) + len(va) :],
     )
     norm = _fold_norm(cfg, fd, train_ids) if "slide" in modalities else None
+    forms = cross_forms(kw.pop("cross_prototypes", 0))
+    plan = _WidePlan(wide_mods)
+    if wide and kw.get("cross"):  # slide terms (mean tile or prototype shares), on validation
+        plan = _cross_plan(
+            cfg, fd, pre, tr, va, all_ids, forms, seed, mods=wide_mods, norm=norm, n_out=n_out,
+            n_slide=int(kw.get("cross_slide_pcs", 8)), n_cross=int(kw.get("cross_omics_pcs", 4)),
+        )  # fmt: skip
     spec = FusionSpec(
         fusion=fusion,
         modalities=modalities,
@@ -389,18 +396,9 @@ def fit_fusion_fold(
         slide_model_kwargs=cfg.model_kwargs,
         wide=wide,
         wide_genes={a: len(g) for a, g in pre.genes.items()} if "omics" in modalities else None,
+        cross_prototypes=plan.n_prototypes if plan.slides is not None else forms[0],
         **kw,
     )
-    plan = _WidePlan(wide_mods)
-    if wide and spec.cross:  # slide terms: each patient's mean tile, penalty on validation
-        plan = replace(plan, n_slide=spec.cross_slide_pcs, n_cross=spec.cross_omics_pcs, norm=norm)
-        if spec.cross_prototypes:  # or its shares of tile prototypes (training tiles)
-            plan.slides, plan.prototypes = _prototype_shares(
-                cfg, fd, train_ids, all_ids, spec.cross_prototypes, seed, norm=norm
-            )
-        else:
-            plan.slides = _patient_tile_means(fd, all_ids)
-        plan.penalizer = _choose_wide_penalty(cfg, mods, pre, tr, va, plan, n_out)
     wide_w = _fit_wide(cfg, mods, pre, tr, plan, n_out, fold) if wide else None
     index = [[pre.genes[a].index(x) for x in genes] for _, a, genes in pre.kinds]
     all_tab = pd.concat([tr, va, te], ignore_index=True)
@@ -468,6 +466,8 @@ def fit_fusion_fold(
     }
     if plan.slides is not None:
         fm.meta["wide_penalizer"] = plan.penalizer
+        fm.meta["cross_prototypes"] = plan.n_prototypes
+        fm.meta["cross_validation"] = {str(k): v for k, v in (plan.validation or {}).items()}
     if unc is not None:  # each modality's contribution scale, from training patients
         if wide_w is not None:  # the linear part's own uncertainty: bootstrap refits
             runner.wides = _bootstrap_wide(
@@ -513,6 +513,8 @@ def fit_fusion_fold(
     metrics = _score(fm, te, logits, tr)
     if wide_w is not None:
         metrics["deep_part_kept"] = kept_deep
+    if plan.slides is not None and len(forms) > 1:  # the cross form chosen on validation
+        metrics["cross_prototypes"] = plan.n_prototypes
     if unc is not None:
         metrics[f"{key}_unweighted"] = _score(fm, te, plain_logits, tr)[key]
         metrics["interval_coverage"], metrics["interval_level"] = coverage, unc.level
@@ -565,6 +567,13 @@ class _WidePlan:
     n_cross: int = 4
     norm: FeatureNorm | None = None
     prototypes: np.ndarray | None = None
+    #: with a choice of slide-term forms: each form's validation score (``_cross_plan``)
+    validation: dict[int, float] | None = None
+
+    @property
+    def n_prototypes(self) -> int:
+        """The slide terms' form: 0 for the mean tile, else the number of tile prototypes."""
+        return 0 if self.prototypes is None else len(self.prototypes)
 
     def baseline(self, task: str):
         from wsimm.fusion import LinearBaseline, SlideTerms
@@ -625,10 +634,57 @@ def _wide_view(mods: Modalities, plan: _WidePlan) -> Modalities:
     )
 
 
-def _choose_wide_penalty(cfg, mods, pre, tr, va, plan: _WidePlan, n_out: int) -> float:
+def cross_forms(value) -> list[int]:
+    """``fusion_kwargs cross_prototypes`` as the list of slide-term forms to choose from on
+    validation patients (0: the patient's mean tile; P >= 2: its shares of P tile
+    prototypes): one number, or a list of them."""
+    forms = list(value) if isinstance(value, list | tuple) else [value]
+    ok = forms and all(
+        isinstance(f, int | np.integer) and not isinstance(f, bool) and (f == 0 or f >= 2)
+        for f in forms
+    )
+    if not ok:
+        raise ConfigError(
+            "fusion_kwargs cross_prototypes must be 0 (the mean tile), a number of tile "
+            f"prototypes >= 2, or a list of those to choose from on validation; got {value!r}"
+        )
+    return [int(f) for f in dict.fromkeys(forms)]
+
+
+def _cross_plan(
+    cfg, fd: FusionData, pre, tr, va, pids, forms, seed, *, mods, norm, n_out, n_slide, n_cross
+) -> _WidePlan:
+    """A wide part with slide terms (``cross``) for one fold: for each form of ``forms``
+    (:func:`cross_forms`), the slide features of every patient of ``pids`` (mean tiles, or
+    shares of prototypes fitted on the training patients' tiles) and the penalty chosen on
+    the validation patients; the form whose best penalty scores best there (the first on
+    ties). The fold network and its ``clinical_omics_slide_cross_*`` baseline both call it,
+    so they make the same choice."""
+    train_ids = tr["patient_id"].tolist()
+    best, best_score, scores = None, -np.inf, {}
+    for n_protos in forms:
+        plan = _WidePlan(list(mods), n_slide=n_slide, n_cross=n_cross, norm=norm)
+        if n_protos:  # prototypes of the training patients' tiles (cached per fold)
+            plan.slides, plan.prototypes = _prototype_shares(
+                cfg, fd, train_ids, pids, n_protos, seed, norm=norm
+            )
+        else:
+            plan.slides = _patient_tile_means(fd, pids)
+        plan.penalizer, score = _choose_wide_penalty(cfg, fd.mods, pre, tr, va, plan, n_out)
+        scores[n_protos] = score
+        if best is None or score > best_score:
+            best, best_score = plan, score
+    assert best is not None
+    best.validation = scores
+    return best
+
+
+def _choose_wide_penalty(
+    cfg, mods, pre, tr, va, plan: _WidePlan, n_out: int
+) -> tuple[float, float]:
     """The penalty of a wide part with slide terms: the one of :data:`CROSS_PENALTIES` whose
     fit on the training patients scores best on the validation patients (c-index, or the
-    log loss for grading); no test patient is seen."""
+    mean log-likelihood for grading), with that score; no test patient is seen."""
     from wsimm.survival import c_index
 
     n_classes = n_out if cfg.task == "grade" else 0
@@ -649,7 +705,7 @@ def _choose_wide_penalty(cfg, mods, pre, tr, va, plan: _WidePlan, n_out: int) ->
                 score = float(np.log(p).mean())
             if np.isfinite(score) and score > best:
                 best, best_pen = score, pen
-    return best_pen
+    return best_pen, best
 
 
 def _patient_tile_means(fd: FusionData, pids: list[str]) -> pd.DataFrame:
@@ -946,27 +1002,15 @@ def fit_linear_fold(
     te = rows.loc[sets["test"]].reset_index()
     pre = Preprocessor.fit(fd.mods, tr["patient_id"].tolist())
     n_classes = int(table["y"].max()) + 1 if cfg.task == "grade" else 0
-    if use_omics == "cross":
-        train_only = rows.loc[sets["train"]].reset_index()
-        pre_tr = Preprocessor.fit(fd.mods, sets["train"])
+    if use_omics == "cross":  # the fold network's choice (its prototypes are cached)
         kw = dict(cfg.fusion_kwargs)
-        pids = tr["patient_id"].tolist() + sets["test"]
-        plan = _WidePlan(
-            ["omics", "clinical"],
-            n_slide=int(kw.get("cross_slide_pcs", 8)),
-            n_cross=int(kw.get("cross_omics_pcs", 4)),
-        )
-        n_protos = int(kw.get("cross_prototypes", 0) or 0)
-        if n_protos:  # the fold network's prototypes (training tiles; usually cached)
-            plan.slides, plan.prototypes = _prototype_shares(
-                cfg, fd, sets["train"], pids, n_protos, cfg.seed * 1000 + fold
-            )
-        else:
-            plan.slides = _patient_tile_means(fd, pids)
-        va = rows.loc[sets["val"]].reset_index()
-        plan.penalizer = _choose_wide_penalty(
-            cfg, fd.mods, pre_tr, train_only, va, plan, n_classes or 1
-        )
+        plan = _cross_plan(
+            cfg, fd, Preprocessor.fit(fd.mods, sets["train"]),
+            rows.loc[sets["train"]].reset_index(), rows.loc[sets["val"]].reset_index(),
+            tr["patient_id"].tolist() + sets["test"], cross_forms(kw.get("cross_prototypes", 0)),
+            cfg.seed * 1000 + fold, mods=["omics", "clinical"], norm=None, n_out=n_classes or 1,
+            n_slide=int(kw.get("cross_slide_pcs", 8)), n_cross=int(kw.get("cross_omics_pcs", 4)),
+        )  # fmt: skip
         lb = plan.baseline(cfg.task).fit(fd.mods, pre, tr, n_classes)
     else:
         lb = LinearBaseline(cfg.task, use_omics=use_omics).fit(fd.mods, pre, tr, n_classes)

@@ -441,6 +441,10 @@ def _summarise(cfg: TrainConfig, rows: list[dict], failed: dict[int, str]) -> di
 def _check_switches(cfg: TrainConfig, modalities: list[str]) -> None:
     """Fusion switches that join slides and omics are refused when the run lacks either,
     rather than silently doing nothing."""
+    if "cross_prototypes" in cfg.fusion_kwargs:  # a bad form fails before anything is written
+        from wsimm.train._fusion import cross_forms
+
+        cross_forms(cfg.fusion_kwargs["cross_prototypes"])
     on = [k for k in EXTRA_KWARGS if cfg.fusion_kwargs.get(k)]
     if on and not {"slide", "omics"} <= set(modalities):
         raise ConfigError(
