@@ -78,10 +78,10 @@ def _metas(out):
 
 def test_the_cross_form_is_chosen_per_fold_on_validation(tmp_path):
     """``cross_prototypes: [0, 8]``: per fold, the slide-term form (mean tile or 8 prototype
-    shares) whose wide part scores best on the validation patients; that fold then is the
-    run with that form alone (same risks, network and ``cross`` baseline), and the choice and
-    both scores are in its meta.json."""
-    co = make_interaction_cohort(90, family="types", seed=2, tiles_per_slide=(40, 80))
+    shares) whose wide part scores best over folds of the training patients; that fold then
+    is the run with that form alone (same risks, network and ``cross`` baseline), and the
+    choice and both scores are in its meta.json (on this cohort the folds choose both)."""
+    co = make_interaction_cohort(90, family="manifold", seed=2, tiles_per_slide=(40, 80))
     paths = co.save(tmp_path)
     wsimm.bags_to_store(co.bags, tmp_path / "s.zarr")
     runs = {}

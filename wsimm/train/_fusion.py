@@ -657,7 +657,8 @@ def _cross_plan(
     """A wide part with slide terms (``cross``) for one fold: for each form of ``forms``
     (:func:`cross_forms`), the slide features of every patient of ``pids`` (mean tiles, or
     shares of prototypes fitted on the training patients' tiles) and the penalty chosen on
-    the validation patients; the form whose best penalty scores best there (the first on
+    the validation patients; with several forms, the one whose wide part (with its penalty)
+    scores best over folds of the training patients (:func:`_cv_wide_score`; the first on
     ties). The fold network and its ``clinical_omics_slide_cross_*`` baseline both call it,
     so they make the same choice."""
     train_ids = tr["patient_id"].tolist()
@@ -671,6 +672,8 @@ def _cross_plan(
         else:
             plan.slides = _patient_tile_means(fd, pids)
         plan.penalizer, score = _choose_wide_penalty(cfg, fd.mods, pre, tr, va, plan, n_out)
+        if len(forms) > 1:  # forms differ more than penalties: a steadier score chooses
+            score = _cv_wide_score(cfg, fd.mods, pre, tr, plan, n_out, seed)
         scores[n_protos] = score
         if best is None or score > best_score:
             best, best_score = plan, score
@@ -685,7 +688,6 @@ def _choose_wide_penalty(
     """The penalty of a wide part with slide terms: the one of :data:`CROSS_PENALTIES` whose
     fit on the training patients scores best on the validation patients (c-index, or the
     mean log-likelihood for grading), with that score; no test patient is seen."""
-    from wsimm.survival import c_index
 
     n_classes = n_out if cfg.task == "grade" else 0
     view, pids = _wide_view(mods, plan), va["patient_id"].tolist()
@@ -695,17 +697,52 @@ def _choose_wide_penalty(
         for pen in CROSS_PENALTIES:
             try:
                 lb = replace(plan, penalizer=pen).baseline(cfg.task).fit(view, pre, tr, n_classes)
-                pred = lb.predict(pids)
+                score = _wide_score(cfg, lb.predict(pids), va)
             except Exception:  # a penalty the solver cannot fit is not chosen
                 continue
-            if cfg.task == "survival":
-                score = c_index(va["time"].to_numpy(), va["event"].to_numpy(), pred)
-            else:
-                p = np.clip(pred[np.arange(len(va)), va["y"].to_numpy()], 1e-12, 1)
-                score = float(np.log(p).mean())
             if np.isfinite(score) and score > best:
                 best, best_pen = score, pen
     return best_pen, best
+
+
+def _wide_score(cfg, pred: np.ndarray, part: pd.DataFrame) -> float:
+    """How well a wide part's predictions for ``part`` fit its outcomes: the c-index, or the
+    mean log-likelihood of the true grades."""
+    from wsimm.survival import c_index
+
+    if cfg.task == "survival":
+        return float(c_index(part["time"].to_numpy(), part["event"].to_numpy(), pred))
+    p = np.clip(pred[np.arange(len(part)), part["y"].to_numpy()], 1e-12, 1)
+    return float(np.log(p).mean())
+
+
+#: folds of the training patients that score each slide-term form when there is a choice
+FORM_FOLDS = 5
+
+
+def _cv_wide_score(cfg, mods, pre, tr: pd.DataFrame, plan: _WidePlan, n_out: int, seed) -> float:
+    """A wide part's mean score over :data:`FORM_FOLDS` folds of the training patients (fit on
+    four fifths, score the fifth; its penalty as chosen): a steadier measure than one
+    validation set of a few dozen patients, for choosing between slide-term forms."""
+    n_classes = n_out if cfg.task == "grade" else 0
+    view = _wide_view(mods, plan)
+    order = np.random.default_rng([seed, 7]).permutation(len(tr))
+    scores = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for k in range(FORM_FOLDS):
+            held = np.zeros(len(tr), bool)
+            held[order[k::FORM_FOLDS]] = True
+            fit, score_on = tr[~held].reset_index(drop=True), tr[held].reset_index(drop=True)
+            try:
+                lb = plan.baseline(cfg.task).fit(view, pre, fit, n_classes)
+                scores.append(
+                    _wide_score(cfg, lb.predict(score_on["patient_id"].tolist()), score_on)
+                )
+            except Exception:  # a fold the solver cannot fit counts for nothing
+                continue
+    ok = [v for v in scores if np.isfinite(v)]
+    return float(np.mean(ok)) if ok else -np.inf
 
 
 def _patient_tile_means(fd: FusionData, pids: list[str]) -> pd.DataFrame:
