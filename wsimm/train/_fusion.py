@@ -378,7 +378,7 @@ def fit_fusion_fold(
     norm = _fold_norm(cfg, fd, train_ids) if "slide" in modalities else None
     forms = cross_forms(kw.pop("cross_prototypes", 0))
     plan = _WidePlan(wide_mods)
-    if wide and kw.get("cross"):  # slide terms (mean tile or prototype shares), on validation
+    if wide and kw.get("cross"):  # slide terms (mean tile or prototype shares), no test patient
         plan = _cross_plan(
             cfg, fd, pre, tr, va, all_ids, forms, seed, mods=wide_mods, norm=norm, n_out=n_out,
             n_slide=int(kw.get("cross_slide_pcs", 8)), n_cross=int(kw.get("cross_omics_pcs", 4)),
@@ -513,7 +513,7 @@ def fit_fusion_fold(
     metrics = _score(fm, te, logits, tr)
     if wide_w is not None:
         metrics["deep_part_kept"] = kept_deep
-    if plan.slides is not None and len(forms) > 1:  # the cross form chosen on validation
+    if plan.slides is not None and len(forms) > 1:  # the cross form this fold chose
         metrics["cross_prototypes"] = plan.n_prototypes
     if unc is not None:
         metrics[f"{key}_unweighted"] = _score(fm, te, plain_logits, tr)[key]
@@ -567,7 +567,7 @@ class _WidePlan:
     n_cross: int = 4
     norm: FeatureNorm | None = None
     prototypes: np.ndarray | None = None
-    #: with a choice of slide-term forms: each form's validation score (``_cross_plan``)
+    #: with a choice of slide-term forms: each form's score (``_cross_plan``)
     validation: dict[int, float] | None = None
 
     @property
@@ -635,9 +635,9 @@ def _wide_view(mods: Modalities, plan: _WidePlan) -> Modalities:
 
 
 def cross_forms(value) -> list[int]:
-    """``fusion_kwargs cross_prototypes`` as the list of slide-term forms to choose from on
-    validation patients (0: the patient's mean tile; P >= 2: its shares of P tile
-    prototypes): one number, or a list of them."""
+    """``fusion_kwargs cross_prototypes`` as the list of slide-term forms a fold chooses
+    from (0: the patient's mean tile; P >= 2: its shares of P tile prototypes): one number,
+    or a list of them."""
     forms = list(value) if isinstance(value, list | tuple) else [value]
     ok = forms and all(
         isinstance(f, int | np.integer) and not isinstance(f, bool) and (f == 0 or f >= 2)
@@ -646,7 +646,7 @@ def cross_forms(value) -> list[int]:
     if not ok:
         raise ConfigError(
             "fusion_kwargs cross_prototypes must be 0 (the mean tile), a number of tile "
-            f"prototypes >= 2, or a list of those to choose from on validation; got {value!r}"
+            f"prototypes >= 2, or a list of those for each fold to choose from; got {value!r}"
         )
     return [int(f) for f in dict.fromkeys(forms)]
 
