@@ -76,7 +76,7 @@ def _metas(out):
     return [json.loads(p.read_text()) for p in sorted(out.glob("fold_*/meta.json"))]
 
 
-def test_the_cross_form_is_chosen_per_fold_on_validation(tmp_path):
+def test_the_cross_form_is_chosen_per_fold_from_training_patients(tmp_path):
     """``cross_prototypes: [0, 8]``: per fold, the slide-term form (mean tile or 8 prototype
     shares) whose wide part scores best over folds of the training patients; that fold then
     is the run with that form alone (same risks, network and ``cross`` baseline), and the
