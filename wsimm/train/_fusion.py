@@ -60,6 +60,11 @@ class FusionData:
     prototypes: dict[tuple, tuple[pd.DataFrame, np.ndarray, FeatureNorm | None]] = field(
         default_factory=dict, repr=False
     )
+    #: a fold's ``cross`` choice (form, penalty, every form's score) per (training and
+    #: validation patients, settings): the ``cross`` baseline makes it without refitting
+    cross_choices: dict[tuple, tuple[int, float, dict[int, float]]] = field(
+        default_factory=dict, repr=False
+    )
 
     def wide_alone_candidates(self, cfg: TrainConfig) -> list[dict]:
         """``--tune``'s extra candidate for a graph fusion with a wide part: that wide part
@@ -467,7 +472,7 @@ def fit_fusion_fold(
     if plan.slides is not None:
         fm.meta["wide_penalizer"] = plan.penalizer
         fm.meta["cross_prototypes"] = plan.n_prototypes
-        fm.meta["cross_validation"] = {str(k): v for k, v in (plan.validation or {}).items()}
+        fm.meta["cross_validation"] = {str(k): v for k, v in (plan.form_scores or {}).items()}
     if unc is not None:  # each modality's contribution scale, from training patients
         if wide_w is not None:  # the linear part's own uncertainty: bootstrap refits
             runner.wides = _bootstrap_wide(
@@ -567,8 +572,8 @@ class _WidePlan:
     n_cross: int = 4
     norm: FeatureNorm | None = None
     prototypes: np.ndarray | None = None
-    #: with a choice of slide-term forms: each form's score (``_cross_plan``)
-    validation: dict[int, float] | None = None
+    #: each slide-term form's score when the fold chose its form (``_cross_plan``)
+    form_scores: dict[int, float] | None = None
 
     @property
     def n_prototypes(self) -> int:
@@ -660,10 +665,10 @@ def _cross_plan(
     the validation patients; with several forms, the one whose wide part (with its penalty)
     scores best over folds of the training patients (:func:`_cv_wide_score`; the first on
     ties). The fold network and its ``clinical_omics_slide_cross_*`` baseline both call it,
-    so they make the same choice."""
+    so they make the same choice; the second call reads it from ``fd.cross_choices``."""
     train_ids = tr["patient_id"].tolist()
-    best, best_score, scores = None, -np.inf, {}
-    for n_protos in forms:
+
+    def form_plan(n_protos: int) -> _WidePlan:
         plan = _WidePlan(list(mods), n_slide=n_slide, n_cross=n_cross, norm=norm)
         if n_protos:  # prototypes of the training patients' tiles (cached per fold)
             plan.slides, plan.prototypes = _prototype_shares(
@@ -671,15 +676,24 @@ def _cross_plan(
             )
         else:
             plan.slides = _patient_tile_means(fd, pids)
-        plan.penalizer, score = _choose_wide_penalty(cfg, fd.mods, pre, tr, va, plan, n_out)
-        if len(forms) > 1:  # forms differ more than penalties: a steadier score chooses
-            score = _cv_wide_score(cfg, fd.mods, pre, tr, plan, n_out, seed)
-        scores[n_protos] = score
-        if best is None or score > best_score:
-            best, best_score = plan, score
-    assert best is not None
-    best.validation = scores
-    return best
+        return plan
+
+    key = (tuple(sorted(train_ids)), tuple(sorted(va["patient_id"])), tuple(forms),
+           tuple(mods), seed, n_out, n_slide, n_cross, cfg.task)  # fmt: skip
+    if key not in fd.cross_choices:
+        best, best_score, scores = None, -np.inf, {}
+        for n_protos in forms:
+            plan = form_plan(n_protos)
+            plan.penalizer, score = _choose_wide_penalty(cfg, fd.mods, pre, tr, va, plan, n_out)
+            if len(forms) > 1:  # forms differ more than penalties: a steadier score chooses
+                score = _cv_wide_score(cfg, fd.mods, pre, tr, plan, n_out, seed)
+            scores[n_protos] = score
+            if best is None or score > best_score:
+                best, best_score = plan, score
+        assert best is not None
+        fd.cross_choices[key] = (best.n_prototypes, best.penalizer, scores)
+    n_protos, penalizer, scores = fd.cross_choices[key]
+    return replace(form_plan(n_protos), penalizer=penalizer, form_scores=dict(scores))
 
 
 def _choose_wide_penalty(
