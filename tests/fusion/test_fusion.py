@@ -554,3 +554,9 @@ def test_bad_cross_forms_are_refused_before_anything_is_written(cohort, tmp_path
         cohort, tmp_path, {"cross": True, "cross_prototypes": forms},
         r"cross_prototypes must be 0 \(the mean tile\)",
     )  # fmt: skip
+
+
+def test_a_list_of_cross_forms_without_cross_is_refused(cohort, tmp_path):
+    _refused_before_writing(
+        cohort, tmp_path, {"cross_prototypes": [0, 16]}, r"cross_prototypes \[0, 16\] needs cross"
+    )

@@ -444,7 +444,12 @@ def _check_switches(cfg: TrainConfig, modalities: list[str]) -> None:
     if "cross_prototypes" in cfg.fusion_kwargs:  # a bad form fails before anything is written
         from wsimm.train._fusion import cross_forms
 
-        cross_forms(cfg.fusion_kwargs["cross_prototypes"])
+        forms = cross_forms(cfg.fusion_kwargs["cross_prototypes"])
+        if any(forms) and not cfg.fusion_kwargs.get("cross"):
+            raise ConfigError(
+                f"fusion_kwargs cross_prototypes {cfg.fusion_kwargs['cross_prototypes']} needs "
+                "cross: true (prototype shares are a form of the cross terms); add it"
+            )
     on = [k for k in EXTRA_KWARGS if cfg.fusion_kwargs.get(k)]
     if on and not {"slide", "omics"} <= set(modalities):
         raise ConfigError(
