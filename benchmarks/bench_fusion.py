@@ -12,7 +12,8 @@ patients only, as ``wsimm train`` does):
 * ``graph`` (pooled slide node), ``graph +coattention``, ``graph +contrastive``,
   ``graph +coattention +contrastive``, ``graph +cross``, ``graph +cross +coattention``,
   ``graph +cross16`` (``cross`` on 16 tile prototypes), ``graph +cross16 +coattention``,
-  ``graph +cross0|16`` (mean tile or 16 prototypes, chosen per fold on validation):
+  ``graph +cross0|16`` (mean tile or 16 prototypes, chosen per fold by a cross-validation
+  over its training patients), ``graph +crossnone|0|16`` (the same, or no slide terms):
   ``wsimm train --fusion graph`` with ``fusion_kwargs`` switches; each run with ``cross``
   also fits ``clinical_omics_slide_cross_cox``, its wide part alone (the row ``<variant>:
   its wide part alone``; with ``--no-baselines`` too: linear fits are cheap);
@@ -62,8 +63,10 @@ VARIANTS = {
     "graph +cross +coattention": {"cross": True, "coattention": True},
     "graph +cross16": {"cross": True, "cross_prototypes": 16},
     "graph +cross16 +coattention": {"cross": True, "cross_prototypes": 16, "coattention": True},
-    # the slide-term form (mean tile or 16 prototype shares) chosen per fold on validation
+    # the slide-term form (mean tile or 16 prototype shares) chosen per fold by a
+    # cross-validation over its training patients; "none|0|16" may also choose no slide terms
     "graph +cross0|16": {"cross": True, "cross_prototypes": [0, 16]},
+    "graph +crossnone|0|16": {"cross": True, "cross_prototypes": ["none", 0, 16]},
 }
 BASELINES = "late_fusion,concat_fusion,kronecker_fusion,clinical_omics_pca_{lin}"
 #: the ``cross`` wide part alone, fitted beside every run with the switch on (a row per run)

@@ -77,15 +77,23 @@ def _metas(out):
 
 
 def test_the_cross_form_is_chosen_per_fold_from_training_patients(tmp_path):
-    """``cross_prototypes: [0, 8]``: per fold, the slide-term form (mean tile or 8 prototype
-    shares) whose wide part scores best over folds of the training patients; that fold then
-    is the run with that form alone (same risks, network and ``cross`` baseline), and the
-    choice and both scores are in its meta.json (on this cohort the folds choose both)."""
-    co = make_interaction_cohort(90, family="manifold", seed=2, tiles_per_slide=(40, 80))
+    """``cross_prototypes: [none, 0, 8]``: per fold, the slide-term form (none, mean tile or
+    8 prototype shares) whose wide part scores best over folds of the training patients;
+    that fold then is the run with that form alone (same risks, network and ``cross``
+    baseline; for ``none`` the run without ``cross`` and its clinical + omics PCA Cox), and
+    the choice and every form's score are in its meta.json (on this weak-interaction cohort
+    the three folds choose the three forms)."""
+    co = make_interaction_cohort(90, family="manifold", seed=3, tiles_per_slide=(40, 80),
+                                 risk_scale=0.7)  # fmt: skip
     paths = co.save(tmp_path)
     wsimm.bags_to_store(co.bags, tmp_path / "s.zarr")
     runs = {}
-    for name, forms in (("choice", [0, 8]), ("mean", 0), ("protos", 8)):
+    for name, kw, base in (
+        ("choice", {"cross": True, "cross_prototypes": ["none", 0, 8]}, "slide_cross"),
+        ("mean", {"cross": True, "cross_prototypes": 0}, "slide_cross"),
+        ("protos", {"cross": True, "cross_prototypes": 8}, "slide_cross"),
+        ("none", {}, "pca"),
+    ):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", WsimmWarning)
             runs[name] = train(
@@ -93,25 +101,32 @@ def test_the_cross_form_is_chosen_per_fold_from_training_patients(tmp_path):
                 omics=str(paths["omics"]), clinical=str(paths["clinical"]),
                 gene_groups=str(paths["gene_groups"]), task="survival", fusion="graph",
                 survival_loss="cox", folds=3, epochs=2, seed=1,
-                fusion_kwargs={"cross": True, "cross_prototypes": forms, "hidden": 16},
-                baselines="clinical_omics_slide_cross_cox", out=str(tmp_path / name),
-                quiet=True, threads=1,
+                fusion_kwargs={**kw, "hidden": 16}, baselines=f"clinical_omics_{base}_cox",
+                out=str(tmp_path / name), quiet=True, threads=1,
             )  # fmt: skip
     chosen = []
+    forms = ("none", 0, 8)
     for f, meta in zip(runs["choice"].metrics["folds"], _metas(runs["choice"].out), strict=True):
         scores = meta["cross_validation"]
-        assert set(scores) == {"0", "8"}
-        best = max((0, 8), key=lambda k: (scores[str(k)], -k))  # the first form on ties
+        assert set(scores) == {"none", "0", "8"}
+        best = max(forms, key=lambda k: (scores[str(k)], -forms.index(k)))  # first on ties
         assert f["cross_prototypes"] == meta["cross_prototypes"] == best
         chosen.append(best)
-        same = runs["protos" if best else "mean"]
-        for sub in ("", "baselines/clinical_omics_slide_cross_cox/"):
+        same = runs[{"none": "none", 0: "mean", 8: "protos"}[best]]
+        base = "pca" if best == "none" else "slide_cross"
+        for sub, other in (("", ""), ("baselines/clinical_omics_slide_cross_cox/",
+                                      f"baselines/clinical_omics_{base}_cox/")):  # fmt: skip
             a, b = (
-                pd.read_csv(r.out / sub / "predictions.csv").query(f"fold == {f['fold']}")
-                for r in (runs["choice"], same)
+                pd.read_csv(r.out / s / "predictions.csv").query(f"fold == {f['fold']}")
+                for r, s in ((runs["choice"], sub), (same, other))
             )
             np.testing.assert_allclose(a["risk"], b["risk"], rtol=1e-6, atol=1e-6)
-    print("forms chosen per fold:", chosen)
+    assert sorted(map(str, chosen)) == ["0", "8", "none"]
+    # a fold that chose no slide terms is saved as a plain graph fusion, and reloads as one
+    from wsimm.train._fusion import load_fusion_fold
+
+    plain = load_fusion_fold(runs["choice"].out / f"fold_{chosen.index('none')}").model
+    assert not plain.spec.cross and not hasattr(plain, "wide_cross_w")
 
 
 def test_too_few_training_tiles_for_the_prototypes_is_one_clear_error(tmp_path):

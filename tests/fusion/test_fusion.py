@@ -545,18 +545,20 @@ def test_switches_without_slides_are_refused_before_anything_is_written(cohort, 
     )
 
 
-@pytest.mark.parametrize("forms", [[1], [0, 1], "16", True, []])
+@pytest.mark.parametrize("forms", [[1], [0, 1], "16", True, [], ["none"], [None, "nothing"]])
 def test_bad_cross_forms_are_refused_before_anything_is_written(cohort, tmp_path, forms):
     from wsimm.train._fusion import cross_forms
 
     assert cross_forms([16, 0, 16]) == [16, 0] and cross_forms(8) == [8]
+    assert cross_forms(["None", 0, None, 8]) == ["none", 0, 8]  # YAML's null is none too
     _refused_before_writing(
         cohort, tmp_path, {"cross": True, "cross_prototypes": forms},
         r"cross_prototypes must be 0 \(the mean tile\)",
     )  # fmt: skip
 
 
-def test_a_list_of_cross_forms_without_cross_is_refused(cohort, tmp_path):
+@pytest.mark.parametrize("forms", [[0, 16], ["none", 0]])
+def test_a_list_of_cross_forms_without_cross_is_refused(cohort, tmp_path, forms):
     _refused_before_writing(
-        cohort, tmp_path, {"cross_prototypes": [0, 16]}, r"cross_prototypes \[0, 16\] needs cross"
+        cohort, tmp_path, {"cross_prototypes": forms}, r"cross_prototypes \[.*\] needs cross"
     )

@@ -14,7 +14,7 @@ pytest.importorskip("torch_geometric")
 pytest.importorskip("lifelines")
 
 import wsimm
-from wsimm.errors import WsimmWarning
+from wsimm.errors import ConfigError, WsimmWarning
 from wsimm.heatmap import export, make_heatmaps, tile_scores
 from wsimm.train import train
 
@@ -71,6 +71,9 @@ def test_fusion_heatmap_files_from_the_cli_path(fusion_run):
     assert {"attention", "contribution", "contribution percentile"} <= set(meas)
     ts = tile_scores(d / "run", d / "s.zarr", sids[1])
     assert export(ts, d / "hm2", "tiff")["tiff"].is_file()
+    # a run without slide x omics terms has no cross score, and says why in one line
+    with pytest.raises(ConfigError, match=r"no score 'cross' .*no slide x omics terms.*choose"):
+        export(ts, d / "hm3", "png", score="cross")
 
 
 @pytest.fixture(scope="module")

@@ -235,7 +235,10 @@ class LinearBaseline:
             from sklearn.linear_model import LogisticRegression
 
             y = table["y"].to_numpy()
-            self.model = LogisticRegression(C=1.0 / max(self.penalizer, 1e-6), max_iter=2000)
+            # the penalty per patient, as lifelines' Cox has it (its penalizer scales the
+            # mean log-likelihood; scikit-learn's C the summed one): C = 1 / (penalizer * n)
+            c = 1.0 / max(self.penalizer * len(y), 1e-6)
+            self.model = LogisticRegression(C=c, max_iter=2000)
             self.model.fit(X.to_numpy() if len(self.columns) else np.zeros((len(X), 1)), y)
         return self
 

@@ -85,8 +85,14 @@ class _View:
 def _view(ts: TileScores, score: str | None, scale: str, smooth: float, cmap: str | None) -> _View:
     name = score or ts.primary
     if name not in ts.scores:
+        why = ""
+        if name == "cross" or name.startswith("cross_"):
+            why = (
+                " (the model that scores this slide has no slide x omics terms: fusion_kwargs "
+                "cross is off, or its fold chose cross_prototypes none)"
+            )
         raise ConfigError(
-            f"no score {name!r} for {ts.slide_id}; choose from {', '.join(ts.scores)}"
+            f"no score {name!r} for {ts.slide_id}{why}; choose from {', '.join(ts.scores)}"
         )
     v = smooth_scores(ts.coords, ts.stride0, ts.scores[name], smooth)
     if scale == "auto":
