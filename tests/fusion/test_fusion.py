@@ -7,6 +7,7 @@ import re
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 pytest.importorskip("torch_geometric")
@@ -272,6 +273,29 @@ def test_wide_part_is_the_linear_model(cohort, task):
     else:
         p = torch.softmax(torch.as_tensor(logits), 1).numpy()
         np.testing.assert_allclose(p[has], want[has], atol=1e-4)
+
+
+@pytest.mark.parametrize("task", ["survival", "grade"])
+def test_the_linear_penalty_is_per_patient_in_both_tasks(cohort, task):
+    """``penalizer`` means the same for the Cox and the logistic fits: a penalty on the mean
+    log-likelihood (lifelines' convention), so the same cohort with every patient counted
+    three times gives (nearly) the same coefficients; a penalty on the summed one (the old
+    logistic ``C = 1 / penalizer``) would shrink them three times less."""
+    pytest.importorskip("lifelines")
+    from wsimm.fusion import LinearBaseline
+
+    mods, pids, table = _without_slides(cohort)
+    pre = Preprocessor.fit(mods, pids, group_pcs=4)
+    k = 1 if task == "survival" else 3
+
+    def coef(t: pd.DataFrame) -> np.ndarray:
+        lb = LinearBaseline(task, use_omics=True, penalizer=1.0).fit(mods, pre, t, n_classes=k)
+        return np.asarray(lb.coef if task == "survival" else lb.model.coef_).ravel()
+
+    once = coef(table)
+    thrice = coef(pd.concat([table] * 3, ignore_index=True))
+    assert np.abs(once).max() > 0.02  # a penalty that leaves something to compare
+    np.testing.assert_allclose(thrice, once, atol=0.1 * np.abs(once).max())
 
 
 @pytest.mark.parametrize("task", ["survival", "grade"])
