@@ -403,7 +403,7 @@ def fit_fusion_fold(
         slide_model_kwargs=cfg.model_kwargs,
         wide=wide,
         wide_genes={a: len(g) for a, g in pre.genes.items()} if "omics" in modalities else None,
-        cross_prototypes=plan.n_prototypes if plan.slides is not None else 0,
+        cross_prototypes=plan.n_prototypes,  # 0 without slide terms
         **kw,
     )
     wide_w = _fit_wide(cfg, mods, pre, tr, plan, n_out, fold) if wide else None
