@@ -586,3 +586,53 @@ def test_a_list_of_cross_forms_without_cross_is_refused(cohort, tmp_path, forms)
     _refused_before_writing(
         cohort, tmp_path, {"cross_prototypes": forms}, r"cross_prototypes \[.*\] needs cross"
     )
+
+
+@pytest.mark.parametrize(
+    "fusion_kwargs, match",
+    [
+        ("{bogus: 1}", r"unknown keys bogus; valid keys: .*hidden"),
+        ("{hidden: abc}", r"hidden must be a whole number >= 1, got 'abc'"),
+        ("{deep: 7}", r"deep must be true or false, got 7"),
+        ("{dropout: 1.5}", r"dropout must be a number in \[0, 1\), got 1.5"),
+        ("{hidden: 30, heads: 4}", r"hidden \(30\) must be a multiple of heads \(4\)"),
+        ("{temperature: 0}", r"temperature must be a number > 0"),
+        ("{uncertainty: 1}", r"at least 2 Monte Carlo passes"),
+        ("{cross_prototypes: [0, 16]}", r"cross_prototypes \[0, 16\] needs cross"),
+    ],
+)
+def test_bad_fusion_kwargs_in_a_config_file_name_the_file(cohort, tmp_path, fusion_kwargs, match):
+    """A wrong key or value in ``--config``'s fusion_kwargs is one ConfigError naming the
+    file and the key, before anything is written (a typo used to fail every fold with a
+    TypeError, or pass: ``deep: 7``)."""
+    from wsimm.errors import ConfigError
+    from wsimm.train import TrainConfig, train
+
+    _, paths = cohort
+    config = tmp_path / "fusion.yaml"
+    config.write_text(f"fusion_kwargs: {fusion_kwargs}\nepochs: 1\n")
+    out = tmp_path / "run"
+    cfg = TrainConfig.load(
+        config, labels=str(paths["labels"]), omics=str(paths["omics"]),
+        clinical=str(paths["clinical"]), gene_groups=str(paths["gene_groups"]),
+        task="survival", fusion="graph", out=str(out),
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=f"^{config}: fusion_kwargs.*{match}"):
+        train(cfg, quiet=True)
+    assert not out.exists()
+
+
+def test_fusion_kwargs_need_a_fusion_and_tuning_candidates_are_checked_first(cohort, tmp_path):
+    from wsimm.errors import ConfigError
+    from wsimm.train import TrainConfig, train
+
+    with pytest.raises(ConfigError, match="fusion_kwargs is used by fusion models only"):
+        TrainConfig(labels="l.csv", store="s.zarr", fusion_kwargs={"hidden": 8}).validate()
+    _, paths = cohort
+    out = tmp_path / "run"
+    match = r"tune.grid candidate \{fusion_kwargs.heads: 3\}: .*hidden \(8\) must be a multiple"
+    with pytest.raises(ConfigError, match=match):
+        train(labels=str(paths["labels"]), omics=str(paths["omics"]), task="survival",
+              fusion="graph", out=str(out), quiet=True, fusion_kwargs={"hidden": 8},
+              tune={"grid": {"fusion_kwargs.heads": [4, 3]}})  # fmt: skip
+    assert not out.exists()

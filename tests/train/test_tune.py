@@ -73,7 +73,7 @@ def test_the_search_sees_no_outer_test_patient(tuned):
 
 
 def test_grid_values_reach_the_config():
-    cfg = TrainConfig(labels="l", store="s", fusion_kwargs={"hidden": 8})
+    cfg = TrainConfig(labels="l", store="s", fusion="graph", fusion_kwargs={"hidden": 8})
     c = with_values(cfg, {"lr": 0.1, "fusion_kwargs.dropout": 0.3})
     assert c.lr == 0.1 and c.fusion_kwargs == {"hidden": 8, "dropout": 0.3} and c.tune is None
     assert cfg.fusion_kwargs == {"hidden": 8}  # the run's own config is left alone

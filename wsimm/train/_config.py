@@ -6,7 +6,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from wsimm.errors import ConfigError
 
@@ -23,6 +23,74 @@ EXTRA_KWARGS = ("coattention", "contrastive", "cross")
 TEST_TIME_KWARGS = ("uncertainty", "interval")
 #: the settings of those switches, which go with them
 EXTRA_SETTINGS = ("cross_slide_pcs", "cross_omics_pcs", "cross_prototypes", "temperature")
+
+#: every fusion_kwargs key, with what it takes (checked before a run writes anything)
+_BOOL = "true or false"
+_COUNT = "a whole number >= 1"
+FUSION_KWARGS: dict[str, str] = {
+    "hidden": _COUNT,
+    "layers": _COUNT,
+    "heads": _COUNT,
+    "kron_dim": _COUNT,
+    "conv": "gatv2 or hgt",
+    "dropout": "a number in [0, 1)",
+    "modality_dropout": "a number in [0, 1)",
+    "group_pcs": "a whole number >= 0 (0: no principal components per gene-group kind)",
+    "ensemble": _COUNT,
+    "wide": _BOOL,
+    "deep": _BOOL,
+    "coattention": _BOOL,
+    "cross": _BOOL,
+    "cross_slide_pcs": _COUNT,
+    "cross_omics_pcs": _COUNT,
+    "cross_prototypes": "0, a number of prototypes >= 2, none, or a list of those",
+    "contrastive": "a number >= 0",
+    "temperature": "a number > 0",
+    "uncertainty": "true, false or a number of Monte Carlo passes >= 2",
+    "interval": "a number in (0, 1)",
+}
+
+
+def _fits(value: Any, what: str) -> bool:
+    """Whether ``value`` is what :data:`FUSION_KWARGS` says (values checked further where
+    they are used: ``cross_prototypes``, ``uncertainty``)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if what == _BOOL:
+        return isinstance(value, bool)
+    if what == _COUNT:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if what.startswith("a whole number >= 0"):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if what == "gatv2 or hgt":
+        return value in ("gatv2", "hgt")
+    if what == "a number in [0, 1)":
+        return number and 0 <= value < 1
+    if what == "a number in (0, 1)":
+        return number and 0 < value < 1
+    if what == "a number >= 0":
+        return number and value >= 0
+    if what == "a number > 0":
+        return number and value > 0
+    return True
+
+
+def check_fusion_kwargs(kw: dict[str, Any]) -> None:
+    """Refuse an unknown ``fusion_kwargs`` key or a value of the wrong kind, naming the key
+    and what it takes (a typo would otherwise fail every fold, or be silently ignored)."""
+    if not isinstance(kw, dict):
+        raise ConfigError(f"fusion_kwargs must be a mapping of option: value, got {kw!r}")
+    unknown = sorted(set(kw) - set(FUSION_KWARGS))
+    if unknown:
+        raise ConfigError(
+            f"fusion_kwargs: unknown keys {', '.join(map(str, unknown))}; valid keys: "
+            f"{', '.join(sorted(FUSION_KWARGS))} (docs/stages/fusion.md)"
+        )
+    for key, value in kw.items():
+        if not _fits(value, FUSION_KWARGS[key]):
+            raise ConfigError(f"fusion_kwargs {key} must be {FUSION_KWARGS[key]}, got {value!r}")
+    hidden, heads = kw.get("hidden", 64), kw.get("heads", 4)
+    if hidden % heads:
+        raise ConfigError(f"fusion_kwargs hidden ({hidden}) must be a multiple of heads ({heads})")
 
 
 @dataclass
@@ -80,6 +148,8 @@ class TrainConfig:
     # hyper-parameters by inner cross-validation on each outer fold's training patients
     # (wsimm.train._tune): None = off, {} = the default grid, or {"grid": ..., "folds": ...}
     tune: dict[str, Any] | None = None
+    #: the ``--config`` file the settings came from (not saved; errors name it)
+    source: ClassVar[str | None] = None
 
     def validate(self) -> TrainConfig:
         if self.task not in TASKS:
@@ -118,7 +188,16 @@ class TrainConfig:
         if self.fusion_kwargs:  # refused before any fold trains
             from wsimm.train._uncertainty import UncertaintySpec
 
-            UncertaintySpec.pop_from(dict(self.fusion_kwargs))
+            if self.fusion == "none":
+                raise self.error(
+                    "fusion_kwargs is used by fusion models only: pass --fusion graph (or "
+                    "late, concat, kronecker), or remove it (model_kwargs sets the MIL model)"
+                )
+            try:
+                check_fusion_kwargs(self.fusion_kwargs)
+                UncertaintySpec.pop_from(dict(self.fusion_kwargs))
+            except ConfigError as e:
+                raise self.error(str(e)) from None
         if not isinstance(self.restarts, int) or self.restarts < 0:
             raise ConfigError(f"restarts must be a whole number >= 0, got {self.restarts!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.n_bins < 1 or self.graph_batch_size < 1:
@@ -135,13 +214,18 @@ class TrainConfig:
         if not self.fusion_kwargs.get("deep", True):  # the wide part alone: graph fusion's
             graph_only.append("deep: false")
         if graph_only and self.fusion != "graph":
-            raise ConfigError(
+            raise self.error(
                 f"fusion_kwargs {', '.join(graph_only)} need --fusion graph (got --fusion "
                 f"{self.fusion}); remove them or use the graph fusion"
             )
         if self.max_tiles is not None and self.max_tiles < 1:
             raise ConfigError(f"max_tiles must be >= 1 or unset, got {self.max_tiles}")
         return self
+
+    def error(self, message: str) -> ConfigError:
+        """A ConfigError about a setting that came from ``--config``: it names the file."""
+        source = getattr(self, "source", None)
+        return ConfigError(f"{source}: {message}" if source else message)
 
     def _refuse_slide_only_options(self) -> None:
         """Options that slide-only training honours and fusion runs do not: refused, so no
@@ -194,7 +278,9 @@ class TrainConfig:
         if overrides.get("tune") is True and isinstance(d.get("tune"), dict):
             overrides = {k: v for k, v in overrides.items() if k != "tune"}  # --tune + a block
         d.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(d, source=str(p))
+        cfg = cls.from_dict(d, source=str(p))
+        cfg.source = str(p)  # not a field: errors about its settings name the file
+        return cfg
 
     def save(self, path: str | os.PathLike[str]) -> None:
         import yaml

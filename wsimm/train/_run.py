@@ -64,10 +64,19 @@ def train(
     """
     t0 = time.perf_counter()
     cfg = (cfg or TrainConfig(**options)).validate()
-    if cfg.tune is not None:
-        from wsimm.train._tune import TuneSpec
+    if cfg.tune is not None:  # a bad grid, or a candidate it makes, fails before anything
+        from wsimm.train._tune import TuneSpec, with_values  # is written
 
-        TuneSpec.from_config(cfg.tune)  # a bad grid fails before anything is written
+        try:
+            spec = TuneSpec.from_config(cfg.tune)
+        except ConfigError as e:
+            raise cfg.error(str(e)) from None
+        for values in spec.candidates():
+            try:
+                with_values(cfg, values)
+            except ConfigError as e:
+                shown = ", ".join(f"{k}: {v!r}" for k, v in values.items())
+                raise cfg.error(f"tune.grid candidate {{{shown}}}: {e}") from None
     out = Path(cfg.out)
     if (out / "metrics.json").exists() and not overwrite:
         raise ConfigError(
@@ -444,15 +453,18 @@ def _check_switches(cfg: TrainConfig, modalities: list[str]) -> None:
     if "cross_prototypes" in cfg.fusion_kwargs:  # a bad form fails before anything is written
         from wsimm.train._fusion import cross_forms
 
-        forms = cross_forms(cfg.fusion_kwargs["cross_prototypes"])
+        try:
+            forms = cross_forms(cfg.fusion_kwargs["cross_prototypes"])
+        except ConfigError as e:
+            raise cfg.error(str(e)) from None
         if any(forms) and not cfg.fusion_kwargs.get("cross"):
-            raise ConfigError(
+            raise cfg.error(
                 f"fusion_kwargs cross_prototypes {cfg.fusion_kwargs['cross_prototypes']} needs "
                 "cross: true (prototype shares are a form of the cross terms); add it"
             )
     on = [k for k in EXTRA_KWARGS if cfg.fusion_kwargs.get(k)]
     if on and not {"slide", "omics"} <= set(modalities):
-        raise ConfigError(
+        raise cfg.error(
             f"fusion_kwargs {', '.join(on)} join slides and omics, but this run has only "
             f"{', '.join(modalities) or 'no modality'}; add --store and --omics, or remove them"
         )
