@@ -63,3 +63,8 @@ def one_line_warnings() -> None:
     import warnings
 
     warnings.formatwarning = lambda m, *a, **k: f"warning: {m}\n"
+    # torch_geometric (2.8) scripts a module at import time and torch 2.10+ deprecates
+    # torch.jit.script: a note to PyG's authors that a wsimm user cannot act on
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+    )
