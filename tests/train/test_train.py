@@ -311,6 +311,38 @@ def test_fold_without_events_is_an_error(small_survival, tmp_path):
     assert not (tmp_path / "r").exists()  # refused before anything was written
 
 
+def test_a_run_started_with_relative_paths_is_used_from_anywhere(
+    small_grade, tmp_path, monkeypatch
+):
+    """config.yaml names the run's tables absolutely: a heatmap started in another directory
+    still finds the labels and so scores each slide with the fold that held it out (with the
+    relative path it fell back, silently, to every fold, models that had trained on it)."""
+    import shutil
+
+    from wsimm.heatmap._scores import choose_folds
+    from wsimm.train import load_run
+
+    c, store, labels = small_grade
+    work = tmp_path / "project"
+    work.mkdir()
+    shutil.copy(labels, work / "labels.csv")
+    monkeypatch.chdir(work)
+    _run(store, "labels.csv", "run", task="grade", folds=2, epochs=1)
+    cfg = TrainConfig.load(work / "run" / "config.yaml")
+    assert cfg.labels == str(work / "labels.csv") and cfg.out == "run"
+    monkeypatch.chdir(tmp_path)
+    run = load_run(work / "run")
+    sp = pd.read_csv(work / "run" / "splits.csv", dtype={"patient_id": str})
+    slide, pid = c.labels[["slide_id", "patient_id"]].astype(str).iloc[0]
+    held_out = int(sp[(sp["patient_id"] == pid) & (sp["set"] == "test")]["fold"].iloc[0])
+    chosen, who = choose_folds(run, slide)
+    assert who == pid and [int(run.folds[i].meta["fold"]) for i in chosen] == [held_out]
+    (work / "labels.csv").unlink()  # the table gone: every fold, and a warning says so
+    with pytest.warns(WsimmWarning, match="labels table is not there"):
+        chosen, who = choose_folds(run, slide)
+    assert who is None and len(chosen) == 2
+
+
 def test_config_file_and_unknown_keys(small_grade, tmp_path):
     _, store, labels = small_grade
     (tmp_path / "run.yaml").write_text(

@@ -19,6 +19,7 @@ model, and renderers average the overlapping tiles, as CLAM does.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from wsimm.errors import ConfigError, DataError
+from wsimm.errors import ConfigError, DataError, WsimmWarning
 
 __all__ = ["TileScores", "tile_scores"]
 
@@ -297,6 +298,7 @@ def coattention_score_name(group: str, assay: str) -> str:
 
 # ------------------------------------------------------------------------------------------
 _PATIENTS: dict[tuple, dict[str, str]] = {}
+_MISSING: set[str] = set()  # labels tables already warned about
 
 
 def _slide_patient(cfg: Any, slide_id: str) -> str | None:
@@ -306,7 +308,18 @@ def _slide_patient(cfg: Any, slide_id: str) -> str | None:
     from wsimm.train._tables import _slide_key
 
     path = Path(str(cfg.labels)) if cfg.labels else None
-    if path is None or not path.is_file():
+    if path is None:
+        return None
+    if not path.is_file():
+        if str(path) not in _MISSING:
+            _MISSING.add(str(path))
+            warnings.warn(
+                f"{path}: the run's labels table is not there, so which fold held each slide "
+                "out is unknown: slides are scored by every fold (some may have trained on "
+                "them); restore the table or pass --fold",
+                WsimmWarning,
+                stacklevel=2,
+            )
         return None
     key = (str(path.resolve()), path.stat().st_mtime_ns, cfg.patient_col, cfg.slide_col)
     if key not in _PATIENTS:

@@ -24,6 +24,9 @@ TEST_TIME_KWARGS = ("uncertainty", "interval")
 #: the settings of those switches, which go with them
 EXTRA_SETTINGS = ("cross_slide_pcs", "cross_omics_pcs", "cross_prototypes", "temperature")
 
+#: options that name files or folders (saved absolute in a run's config.yaml)
+PATH_OPTIONS = ("store", "labels", "splits", "omics", "gene_groups", "clinical")
+
 #: every fusion_kwargs key, with what it takes (checked before a run writes anything)
 _BOOL = "true or false"
 _COUNT = "a whole number >= 1"
@@ -283,6 +286,15 @@ class TrainConfig:
         return cfg
 
     def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the config; file options as absolute paths, so ``wsimm heatmap`` / ``predict``
+        / ``view`` find the run's tables from any directory (relative to the directory the
+        run was started in, they were not found elsewhere, and a heatmap could not tell which
+        fold held a slide out)."""
         import yaml
 
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        d = self.to_dict()
+        for key in PATH_OPTIONS:
+            value = d.get(key)
+            if value and "://" not in str(value):
+                d[key] = str(Path(str(value)).expanduser().resolve())
+        Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
