@@ -636,3 +636,25 @@ def test_fusion_kwargs_need_a_fusion_and_tuning_candidates_are_checked_first(coh
               fusion="graph", out=str(out), quiet=True, fusion_kwargs={"hidden": 8},
               tune={"grid": {"fusion_kwargs.heads": [4, 3]}})  # fmt: skip
     assert not out.exists()
+
+
+def test_bag_norm_in_model_kwargs_reaches_the_fusion_slide_branch(cohort):
+    """``model_kwargs: {bag_norm: true}`` standardises the pooled slide embeddings across a
+    batch's slides before the slide node (it was accepted and silently ignored); by default
+    they enter as pooled."""
+    co, paths = cohort
+    mods, _, slide_ids, pre, graphs = _all_patients(co, paths)
+    b = Batch.from_data_list(graphs)
+    tiles = _tiles(co, b, slide_ids)
+    seen = {}
+    for kwargs in ({"bag_norm": True}, None):
+        torch.manual_seed(0)
+        net = _net(mods, pre, "graph", hidden=16, heads=2, slide_model_kwargs=kwargs)
+        net.slide_proj.register_forward_hook(lambda m, i, o, k=bool(kwargs): seen.update({k: i[0]}))
+        net.train()
+        net(b, tiles)
+    on, off = seen[True].detach(), seen[False].detach()
+    assert len(on) == len(slide_ids) > 2
+    np.testing.assert_allclose(on.mean(0).numpy(), 0.0, atol=1e-5)
+    np.testing.assert_allclose(on.var(0, unbiased=False).numpy(), 1.0, atol=1e-2)
+    assert off.std(0).mean() < 0.5  # pooled embeddings barely differ from slide to slide

@@ -477,6 +477,8 @@ class FusionNet(nn.Module):
                 if self.coattn:
                     x["gene_group"], tx, co = self._coattend(data, x["gene_group"], tx, tb, keep)
                 emb, _, aux = self.mil.pool(tx, tb, int(st.num_nodes), None)
+                if self.mil.bag_norm is not None:  # model_kwargs bag_norm: true
+                    emb = self.mil.bag_norm(emb)
                 x["slide"] = self.slide_proj(emb.flatten(1))
             else:
                 x["slide"] = self._empty(dev)
