@@ -628,6 +628,10 @@ def test_fusion_kwargs_need_a_fusion_and_tuning_candidates_are_checked_first(coh
 
     with pytest.raises(ConfigError, match="fusion_kwargs is used by fusion models only"):
         TrainConfig(labels="l.csv", store="s.zarr", fusion_kwargs={"hidden": 8}).validate()
+    numpy_values = {"hidden": np.int64(32), "dropout": np.float32(0.3), "deep": np.bool_(True)}
+    TrainConfig(
+        labels="l.csv", omics="o.csv", fusion="graph", fusion_kwargs=numpy_values
+    ).validate()
     _, paths = cohort
     out = tmp_path / "run"
     match = r"tune.grid candidate \{fusion_kwargs.heads: 3\}: .*hidden \(8\) must be a multiple"

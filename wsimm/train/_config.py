@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+import numpy as np
 
 from wsimm.errors import ConfigError
 
@@ -56,25 +59,22 @@ FUSION_KWARGS: dict[str, str] = {
 
 def _fits(value: Any, what: str) -> bool:
     """Whether ``value`` is what :data:`FUSION_KWARGS` says (values checked further where
-    they are used: ``cross_prototypes``, ``uncertainty``)."""
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if what == _BOOL:
-        return isinstance(value, bool)
-    if what == _COUNT:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    if what.startswith("a whole number >= 0"):
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    if what == "gatv2 or hgt":
-        return value in ("gatv2", "hgt")
-    if what == "a number in [0, 1)":
-        return number and 0 <= value < 1
-    if what == "a number in (0, 1)":
-        return number and 0 < value < 1
-    if what == "a number >= 0":
-        return number and value >= 0
-    if what == "a number > 0":
-        return number and value > 0
-    return True
+    they are used: ``cross_prototypes``, ``uncertainty``). numpy scalars count as numbers."""
+    if isinstance(value, bool | np.bool_):
+        return what == _BOOL
+    whole = isinstance(value, numbers.Integral)
+    number = isinstance(value, numbers.Real)
+    checks = {
+        _BOOL: False,
+        _COUNT: whole and value >= 1,
+        FUSION_KWARGS["group_pcs"]: whole and value >= 0,
+        "gatv2 or hgt": value in ("gatv2", "hgt"),
+        "a number in [0, 1)": number and 0 <= value < 1,
+        "a number in (0, 1)": number and 0 < value < 1,
+        "a number >= 0": number and value >= 0,
+        "a number > 0": number and value > 0,
+    }
+    return bool(checks.get(what, True))
 
 
 def check_fusion_kwargs(kw: dict[str, Any]) -> None:
