@@ -126,3 +126,25 @@ def test_torchrun_graph_fusion_matches_one_process(tmp_path):
     for a, b in zip(*nets, strict=True):  # the network baselines train data-parallel too
         assert b["c_index"] == pytest.approx(a["c_index"], abs=1e-6)
     assert (tmp_path / "two" / "baselines" / "omics_net" / "predictions.csv").is_file()
+
+
+def test_torchrun_refuses_fusion_bag_norm_before_writing(tmp_path):
+    """The fusion's BagNorm would sum statistics over processes that may hold no slide in a
+    batch (a hang): under torchrun it is one error, and no run folder."""
+    pytest.importorskip("torch_geometric")
+    import wsimm
+
+    co = wsimm.make_cohort(24, seed=4, tiles_per_slide=(10, 20), feature_dim=8)
+    paths = co.save(tmp_path / "data")
+    wsimm.bags_to_store(co.bags, tmp_path / "data" / "s.zarr")
+    (tmp_path / "cfg.yaml").write_text("model_kwargs: {bag_norm: true}\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["--no-python", WSIMM, "train", "--store", str(tmp_path / "data" / "s.zarr"),
+            "--labels", str(paths["labels"]), "--omics", str(paths["omics"]), "--task", "grade",
+            "--fusion", "graph", "--folds", "2", "--config", str(tmp_path / "cfg.yaml"),
+            "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode != 0
+    assert "bag_norm: true is not supported for fusion runs under torchrun" in p.stderr
+    assert not (tmp_path / "run").exists()

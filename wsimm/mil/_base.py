@@ -69,9 +69,13 @@ def _all_sum(t: Tensor) -> Tensor:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        import warnings
+
         from torch.distributed.nn.functional import all_reduce
 
-        return all_reduce(t)
+        with warnings.catch_warnings():  # torch 2.10+ points to a private successor API
+            warnings.filterwarnings("ignore", message=r".*all_reduce is deprecated")
+            return all_reduce(t)
     return t
 
 

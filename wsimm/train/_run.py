@@ -164,6 +164,13 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
 
     out = Path(cfg.out)
     quiet = quiet or not job.main
+    if job.active and cfg.fusion != "none" and cfg.model_kwargs.get("bag_norm"):
+        # the fusion's BagNorm sums its statistics over the processes, and a process whose
+        # shard of a batch holds no slide would not join the sum: refused, not left to hang
+        raise cfg.error(
+            "model_kwargs bag_norm: true is not supported for fusion runs under torchrun; "
+            "run them in one process, or remove it"
+        )
 
     ids = ex.ids
     strata = ex.table["y" if cfg.task == "grade" else "event"].to_numpy()
