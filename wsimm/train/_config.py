@@ -60,12 +60,11 @@ FUSION_KWARGS: dict[str, str] = {
 def _fits(value: Any, what: str) -> bool:
     """Whether ``value`` is what :data:`FUSION_KWARGS` says (values checked further where
     they are used: ``cross_prototypes``, ``uncertainty``). numpy scalars count as numbers."""
-    if isinstance(value, bool | np.bool_):
-        return what == _BOOL
-    whole = isinstance(value, numbers.Integral)
-    number = isinstance(value, numbers.Real)
+    is_bool = isinstance(value, bool | np.bool_)
+    whole = not is_bool and isinstance(value, numbers.Integral)
+    number = not is_bool and isinstance(value, numbers.Real)
     checks = {
-        _BOOL: False,
+        _BOOL: is_bool,
         _COUNT: whole and value >= 1,
         FUSION_KWARGS["group_pcs"]: whole and value >= 0,
         "gatv2 or hgt": value in ("gatv2", "hgt"),
