@@ -21,7 +21,7 @@ slide node; default baselines), and with ``fusion_kwargs: {cross: true, cross_pr
 [none, 0, 16], coattention: true}`` beside ``clinical_omics_slide_cross_*`` (its wide part
 alone); the true risk's c-index on the same test folds (survival).
 
-    python benchmarks/bench_unseen_cohort.py --seeds 0 1 2                # ~50 min here
+    python benchmarks/bench_unseen_cohort.py --seeds 0 1 2                # ~1 h here, one thread
     python benchmarks/bench_unseen_cohort.py --seeds 0 1 2 --task grade   # AUC
 """
 
