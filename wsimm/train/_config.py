@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import numbers
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -30,18 +32,43 @@ EXTRA_SETTINGS = ("cross_slide_pcs", "cross_omics_pcs", "cross_prototypes", "tem
 #: options that name files or folders (saved absolute in a run's config.yaml)
 PATH_OPTIONS = ("store", "labels", "splits", "omics", "gene_groups", "clinical")
 
-#: every fusion_kwargs key, with what it takes (checked before a run writes anything)
-_BOOL = "true or false"
-_COUNT = "a whole number >= 1"
-FUSION_KWARGS: dict[str, str] = {
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool | np.bool_)
+
+
+def _whole(v: Any) -> bool:  # numpy integers count; booleans do not
+    return not _is_bool(v) and isinstance(v, numbers.Integral)
+
+
+def _number(v: Any) -> bool:
+    return not _is_bool(v) and isinstance(v, numbers.Real)
+
+
+class _Kind(NamedTuple):
+    """What a ``fusion_kwargs`` value must be: the words an error shows, and the test."""
+
+    text: str
+    test: Callable[[Any], bool]
+
+
+_BOOL = _Kind("true or false", _is_bool)
+_COUNT = _Kind("a whole number >= 1", lambda v: _whole(v) and v >= 1)
+_FRACTION = _Kind("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1)
+#: every fusion_kwargs key, with what it takes (checked before a run writes anything);
+#: ``cross_prototypes`` and ``uncertainty`` are checked further where they are read
+FUSION_KWARGS: dict[str, _Kind] = {
     "hidden": _COUNT,
     "layers": _COUNT,
     "heads": _COUNT,
     "kron_dim": _COUNT,
-    "conv": "gatv2 or hgt",
-    "dropout": "a number in [0, 1)",
-    "modality_dropout": "a number in [0, 1)",
-    "group_pcs": "a whole number >= 0 (0: no principal components per gene-group kind)",
+    "conv": _Kind("gatv2 or hgt", lambda v: v in ("gatv2", "hgt")),
+    "dropout": _FRACTION,
+    "modality_dropout": _FRACTION,
+    "group_pcs": _Kind(
+        "a whole number >= 0 (0: no principal components per gene-group kind)",
+        lambda v: _whole(v) and v >= 0,
+    ),
     "ensemble": _COUNT,
     "wide": _BOOL,
     "deep": _BOOL,
@@ -49,31 +76,14 @@ FUSION_KWARGS: dict[str, str] = {
     "cross": _BOOL,
     "cross_slide_pcs": _COUNT,
     "cross_omics_pcs": _COUNT,
-    "cross_prototypes": "0, a number of prototypes >= 2, none, or a list of those",
-    "contrastive": "a number >= 0",
-    "temperature": "a number > 0",
-    "uncertainty": "true, false or a number of Monte Carlo passes >= 2",
-    "interval": "a number in (0, 1)",
+    "cross_prototypes": _Kind(
+        "0, a number of prototypes >= 2, none, or a list of those", lambda v: True
+    ),
+    "contrastive": _Kind("a number >= 0", lambda v: _number(v) and v >= 0),
+    "temperature": _Kind("a number > 0", lambda v: _number(v) and v > 0),
+    "uncertainty": _Kind("true, false or a number of Monte Carlo passes >= 2", lambda v: True),
+    "interval": _Kind("a number in (0, 1)", lambda v: _number(v) and 0 < v < 1),
 }
-
-
-def _fits(value: Any, what: str) -> bool:
-    """Whether ``value`` is what :data:`FUSION_KWARGS` says (values checked further where
-    they are used: ``cross_prototypes``, ``uncertainty``). numpy scalars count as numbers."""
-    is_bool = isinstance(value, bool | np.bool_)
-    whole = not is_bool and isinstance(value, numbers.Integral)
-    number = not is_bool and isinstance(value, numbers.Real)
-    checks = {
-        _BOOL: is_bool,
-        _COUNT: whole and value >= 1,
-        FUSION_KWARGS["group_pcs"]: whole and value >= 0,
-        "gatv2 or hgt": value in ("gatv2", "hgt"),
-        "a number in [0, 1)": number and 0 <= value < 1,
-        "a number in (0, 1)": number and 0 < value < 1,
-        "a number >= 0": number and value >= 0,
-        "a number > 0": number and value > 0,
-    }
-    return bool(checks.get(what, True))
 
 
 def check_fusion_kwargs(kw: dict[str, Any]) -> None:
@@ -88,8 +98,9 @@ def check_fusion_kwargs(kw: dict[str, Any]) -> None:
             f"{', '.join(sorted(FUSION_KWARGS))} (docs/stages/fusion.md)"
         )
     for key, value in kw.items():
-        if not _fits(value, FUSION_KWARGS[key]):
-            raise ConfigError(f"fusion_kwargs {key} must be {FUSION_KWARGS[key]}, got {value!r}")
+        kind = FUSION_KWARGS[key]
+        if not kind.test(value):
+            raise ConfigError(f"fusion_kwargs {key} must be {kind.text}, got {value!r}")
     hidden, heads = kw.get("hidden", 64), kw.get("heads", 4)
     if hidden % heads:
         raise ConfigError(f"fusion_kwargs hidden ({hidden}) must be a multiple of heads ({heads})")
@@ -195,11 +206,9 @@ class TrainConfig:
                     "fusion_kwargs is used by fusion models only: pass --fusion graph (or "
                     "late, concat, kronecker), or remove it (model_kwargs sets the MIL model)"
                 )
-            try:
+            with self.naming_source():
                 check_fusion_kwargs(self.fusion_kwargs)
                 UncertaintySpec.pop_from(dict(self.fusion_kwargs))
-            except ConfigError as e:
-                raise self.error(str(e)) from None
         if not isinstance(self.restarts, int) or self.restarts < 0:
             raise ConfigError(f"restarts must be a whole number >= 0, got {self.restarts!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.n_bins < 1 or self.graph_batch_size < 1:
@@ -228,6 +237,15 @@ class TrainConfig:
         """A ConfigError about a setting that came from ``--config``: it names the file."""
         source = getattr(self, "source", None)
         return ConfigError(f"{source}: {message}" if source else message)
+
+    @contextlib.contextmanager
+    def naming_source(self) -> Iterator[None]:
+        """ConfigErrors raised inside are about settings of ``--config``: re-raised naming
+        the file (:meth:`error`)."""
+        try:
+            yield
+        except ConfigError as e:
+            raise self.error(str(e)) from None
 
     def _refuse_slide_only_options(self) -> None:
         """Options that slide-only training honours and fusion runs do not: refused, so no

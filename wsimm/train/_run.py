@@ -67,10 +67,8 @@ def train(
     if cfg.tune is not None:  # a bad grid, or a candidate it makes, fails before anything
         from wsimm.train._tune import TuneSpec, with_values  # is written
 
-        try:
+        with cfg.naming_source():
             spec = TuneSpec.from_config(cfg.tune)
-        except ConfigError as e:
-            raise cfg.error(str(e)) from None
         for values in spec.candidates():
             try:
                 with_values(cfg, values)
@@ -460,10 +458,8 @@ def _check_switches(cfg: TrainConfig, modalities: list[str]) -> None:
     if "cross_prototypes" in cfg.fusion_kwargs:  # a bad form fails before anything is written
         from wsimm.train._fusion import cross_forms
 
-        try:
+        with cfg.naming_source():
             forms = cross_forms(cfg.fusion_kwargs["cross_prototypes"])
-        except ConfigError as e:
-            raise cfg.error(str(e)) from None
         if any(forms) and not cfg.fusion_kwargs.get("cross"):
             raise cfg.error(
                 f"fusion_kwargs cross_prototypes {cfg.fusion_kwargs['cross_prototypes']} needs "
