@@ -24,3 +24,10 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
         return pd.read_csv(p, sep=sep)
     except Exception as e:
         raise DataError(f"{p}: cannot read the table ({type(e).__name__}: {e})") from e
+
+
+def listing(items, n: int = 8) -> str:
+    """The first ``n`` of ``items`` for a one-line message, with how many more there are."""
+    items = list(items)
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(map(str, items[:n])) + more

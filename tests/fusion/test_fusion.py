@@ -4,6 +4,7 @@ patients only, graph construction with absent modalities, shapes and gradient fl
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -113,6 +114,60 @@ def test_inputs_typing_and_groups(cohort, tmp_path):
     )
     with pytest.raises(DataError, match="no omics columns"):
         read_omics(paths["clinical"])
+
+
+def test_tables_that_would_change_a_run_unseen_say_so(cohort, tmp_path):
+    """Omics values that are not numbers, a patient's repeated rows that disagree, gene
+    groups that name no measured gene: each used to pass without a word (the last put every
+    gene in the one ``ungrouped`` node)."""
+    from wsimm.errors import ConfigError, WsimmWarning
+    from wsimm.fusion import check_gene_groups
+    from wsimm.train import TrainConfig, train
+
+    _, paths = cohort
+    om = pd.read_csv(paths["omics"])
+    gene = next(c for c in om.columns if c.endswith("_rnaseq"))
+    bad = om.astype({gene: object})
+    bad.loc[2, gene] = "n/a (QC fail)"
+    f = tmp_path / "text.csv"
+    bad.to_csv(f, index=False)
+    with pytest.warns(WsimmWarning, match=rf"^{f}: 1 value\(s\) in 1 column\(s\) .*{gene}.*QC"):
+        read = read_omics(f)
+    assert np.isnan(read.assays["rnaseq"].loc[str(om.loc[2, "patient_id"]), gene[:-7]])
+    # a patient's rows repeated (one per slide) are fine when they agree, not when they differ
+    twice = pd.concat([om, om.iloc[[4]]])
+    twice.to_csv(tmp_path / "same.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WsimmWarning)
+        read_omics(tmp_path / "same.csv")
+    twice.iloc[-1, twice.columns.get_loc(gene)] += 1.0
+    twice.to_csv(tmp_path / "differ.csv", index=False)
+    pid = om.loc[4, "patient_id"]
+    with pytest.warns(WsimmWarning, match=rf"patient\(s\) {pid} have several rows that differ"):
+        read_omics(tmp_path / "differ.csv")
+    # gene groups in another gene naming: refused before anything is written
+    omics = read_omics(paths["omics"])
+    groups = read_gene_groups(paths["gene_groups"])
+    cases = {
+        "other": ({"G": ["NOT_A_GENE", "ALSO_NOT"]}, r"the omics have e\.g\. "),
+        "lower": ({k: [g.lower() for g in v] for k, v in groups.items()}, "upper/lower case"),
+    }
+    for name, (gg, hint) in cases.items():
+        gf = tmp_path / f"{name}.csv"
+        pd.DataFrame([(k, g) for k, v in gg.items() for g in v], columns=["group", "gene"]).to_csv(
+            gf, index=False
+        )
+        out = tmp_path / f"run_{name}"
+        with pytest.raises(DataError, match=rf"^{gf}: none of its \d+ gene\(s\).*{hint}"):
+            train(labels=str(paths["labels"]), omics=str(paths["omics"]), gene_groups=str(gf),
+                  task="survival", fusion="graph", out=str(out), quiet=True, epochs=1)  # fmt: skip
+        assert not out.exists()
+    with pytest.warns(WsimmWarning, match=r"1 of 7 gene group\(s\) have no gene .*\(GHOST\)"):
+        check_gene_groups({**groups, "GHOST": ["NOT_A_GENE"]}, omics, "g.csv")
+    with pytest.raises(ConfigError, match="--gene-groups groups the genes of --omics"):
+        TrainConfig(
+            labels="l.csv", clinical="c.csv", gene_groups="g.csv", fusion="graph"
+        ).validate()
 
 
 def test_preprocessing_sees_training_patients_only(cohort):

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from wsimm._table import read_table
-from wsimm.errors import ConfigError, DataError, MissingDependencyError
+from wsimm._table import listing, read_table
+from wsimm.errors import ConfigError, DataError, MissingDependencyError, WsimmWarning
 
 __all__ = [
     "ASSAYS",
@@ -21,6 +21,7 @@ __all__ = [
     "Modalities",
     "Omics",
     "Preprocessor",
+    "check_gene_groups",
     "infer_clinical_types",
     "read_clinical",
     "read_gene_groups",
@@ -30,6 +31,7 @@ __all__ = [
 
 #: column suffixes of a wide omics table and the assay each names
 ASSAYS = ("rnaseq", "cnv", "mut")
+ASSAY_SUFFIXES = tuple(f"_{a}" for a in ASSAYS)
 UNGROUPED = "ungrouped"
 
 
@@ -46,6 +48,26 @@ def _patients(df: pd.DataFrame, col: str, src: str) -> pd.DataFrame:
         raise DataError(f"{src}: empty {col} on {int(ids.isna().sum())} row(s)")
     df = df.assign(**{col: ids.astype(str).str.strip()})
     return df.groupby(col, sort=False).first()
+
+
+def _warn_differing_rows(raw: pd.DataFrame, col: str, src: str, used: list) -> None:
+    """Warn when a patient's repeated rows (one per slide) differ in a column the run uses
+    (``used``): :func:`_patients` keeps the first, and the others would vanish unseen."""
+    ids = raw[col].astype(str).str.strip()
+    rep = raw.loc[ids.duplicated(keep=False), list(used)]
+    if not len(rep) or not len(rep.columns):
+        return
+    differ = rep.groupby(ids[rep.index], sort=False).nunique(dropna=True).gt(1)
+    bad = differ.index[differ.any(axis=1)]
+    if len(bad):
+        cols = differ.columns[differ.loc[bad].any(axis=0)]
+        warnings.warn(
+            f"{src}: patient(s) {listing(bad)} have several rows that differ (in "
+            f"{listing(cols, 4)}); the first row of each is used (one row per patient, or "
+            "the same values on each of a patient's rows, avoids this)",
+            WsimmWarning,
+            stacklevel=3,
+        )
 
 
 @dataclass
@@ -112,8 +134,12 @@ def read_omics(path: str | os.PathLike[str], *, patient_col: str = "patient_id")
             assays[str(name)] = frame(layer, var)
         return Omics(assays, src)
 
-    df = _patients(read_table(p), patient_col, src)
+    raw = read_table(p)
+    df = _patients(raw, patient_col, src)
     assays = _split_suffixed(df, src, required=True)
+    _warn_differing_rows(
+        raw, patient_col, src, [c for c in raw.columns if str(c).endswith(ASSAY_SUFFIXES)]
+    )
     assert assays is not None
     return Omics(assays, src)
 
@@ -125,7 +151,19 @@ def _split_suffixed(
     for a in ASSAYS:
         cols = [c for c in df.columns if str(c).endswith(f"_{a}")]
         if cols:
-            x = df[cols].apply(pd.to_numeric, errors="coerce").astype(np.float32)
+            raw = df[cols]
+            x = raw.apply(pd.to_numeric, errors="coerce").astype(np.float32)
+            text = x.isna() & raw.notna()  # values that are there but are not numbers
+            if text.to_numpy().any():
+                where = text.any(axis=0)
+                first = raw.loc[text[where.idxmax()], where.idxmax()].iloc[0]
+                warnings.warn(
+                    f"{src}: {int(text.to_numpy().sum())} value(s) in {int(where.sum())} "
+                    f"column(s) are not numbers ({listing(where.index[where], 4)}; e.g. "
+                    f"{first!r}); they are read as missing",
+                    WsimmWarning,
+                    stacklevel=3,
+                )
             x.columns = [str(c)[: -len(a) - 1] for c in cols]
             out[a] = x
     if not out:
@@ -170,6 +208,35 @@ def read_gene_groups(path: str | os.PathLike[str]) -> dict[str, list[str]]:
     if not groups:
         raise DataError(f"{p}: no gene groups found")
     return groups
+
+
+def check_gene_groups(groups: dict[str, list[str]], omics: Omics, path: str) -> None:
+    """Refuse gene groups that name none of the omics genes (a group file in one gene
+    naming, HGNC symbols say, beside omics in another: without this every gene would go to
+    the one ``ungrouped`` node and the run would say nothing); warn about groups none of
+    whose genes are measured."""
+    genes = {str(g) for df in omics.assays.values() for g in df.columns}
+    wanted = {g for members in groups.values() for g in members}
+    if not wanted & genes:
+        low = {g.lower() for g in genes}
+        hint = (
+            "; they differ only in upper/lower case"
+            if {g.lower() for g in wanted} & low
+            else f" (the omics have e.g. {listing(sorted(genes), 3)}; the groups name e.g. "
+            f"{listing(sorted(wanted), 3)})"
+        )
+        raise DataError(
+            f"{path}: none of its {len(wanted)} gene(s) is a gene of {omics.source}{hint}; "
+            "name genes as the omics columns do, without their _rnaseq/_cnv/_mut suffix"
+        )
+    empty = [g for g, members in groups.items() if not set(members) & genes]
+    if empty:
+        warnings.warn(
+            f"{path}: {len(empty)} of {len(groups)} gene group(s) have no gene in "
+            f"{omics.source} ({listing(empty, 5)}); they are left out",
+            WsimmWarning,
+            stacklevel=2,
+        )
 
 
 # -- clinical ---------------------------------------------------------------------------------
@@ -263,7 +330,8 @@ def read_clinical(
     ...; see :func:`reserved_reason`). The spec records every column left out and why. Columns
     named in ``columns`` are used as given, except the run's own ids and outcomes."""
     src = str(path)
-    df = _patients(read_table(path), patient_col, src)
+    raw = read_table(path)
+    df = _patients(raw, patient_col, src)
     excluded: dict[str, str] = {}
     run_cols = set(exclude)
     if columns:
@@ -297,6 +365,7 @@ def read_clinical(
         )
     spec = ClinicalSpec(list(columns), dict(types or {}), excluded)
     infer_clinical_types(df.iloc[:0], spec.columns, spec.overrides)  # check the overrides now
+    _warn_differing_rows(raw, patient_col, src, columns)
     return df[columns], spec
 
 

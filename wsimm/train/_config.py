@@ -176,6 +176,11 @@ class TrainConfig:
                 "--omics/--clinical are used by fusion models: pass --fusion graph (or late, "
                 "concat, kronecker)"
             )
+        if self.gene_groups and not self.omics:  # it would be read by nothing
+            raise ConfigError(
+                "--gene-groups groups the genes of --omics: pass --omics too (with --fusion), "
+                "or leave --gene-groups out"
+            )
         if self.store is None and self.fusion == "none":
             raise ConfigError("wsimm train needs --store (the feature store with the bags)")
         if self.fusion != "none" and not (self.store or self.omics or self.clinical):

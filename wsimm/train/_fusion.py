@@ -23,6 +23,7 @@ from wsimm.errors import ConfigError, DataError, WsimmWarning
 from wsimm.fusion._inputs import (
     Modalities,
     Preprocessor,
+    check_gene_groups,
     read_clinical,
     read_gene_groups,
     read_omics,
@@ -95,6 +96,7 @@ def load_fusion_data(cfg: TrainConfig, ex: Examples, source: BagSource | None) -
             )
         if cfg.gene_groups:
             mods.gene_groups = read_gene_groups(cfg.gene_groups)
+            check_gene_groups(mods.gene_groups, mods.omics, cfg.gene_groups)
     if cfg.clinical:
         exclude = [
             cfg.patient_col,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from wsimm._table import listing as _listing
 from wsimm._table import read_table
 from wsimm.errors import DataError, WsimmWarning
 from wsimm.train._config import TrainConfig
@@ -35,12 +36,6 @@ def _slide_key(v: str) -> str:
     if "/" in v or "\\" in v or any(low.endswith(s) for s in SLIDE_SUFFIXES):
         return slide_id_from_path(v)
     return sanitize_slide_id(v)
-
-
-def _listing(items, n: int = 8) -> str:
-    items = list(items)
-    more = f" and {len(items) - n} more" if len(items) > n else ""
-    return ", ".join(map(str, items[:n])) + more
 
 
 def load_examples(
