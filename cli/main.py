@@ -400,6 +400,13 @@ def train(
             show_default="grade",
         ),
     ] = None,
+    grade_order: Annotated[
+        str | None,
+        typer.Option(
+            "--grade-order",
+            help="Grade classes lowest first, comma-separated (text labels: low,mid,high).",
+        ),
+    ] = None,
     time_col: Annotated[
         str | None,
         typer.Option("--time-col", help="Survival time column.", show_default="time"),

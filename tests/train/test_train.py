@@ -4,6 +4,7 @@ predict, configs."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from wsimm.errors import ConfigError, DataError, WsimmWarning
 from wsimm.testing import bags_to_store, make_mil_cohort
 from wsimm.train import TrainConfig, make_splits, predict, train
 from wsimm.train._run import _check_scored
+from wsimm.train._tables import load_examples
 
 FAST = {"epochs": 3, "folds": 3, "quiet": True, "batch_size": 4}
 
@@ -234,6 +236,55 @@ def test_untested_patient_and_missing_prediction_are_errors(small_grade, tmp_pat
     preds = pd.DataFrame({"patient_id": ids[1:]})
     with pytest.raises(DataError, match="without a prediction"):
         _check_scored(preds, full)
+
+
+def test_grade_classes_go_in_the_grades_order(small_grade, tmp_path):
+    """Quadratic kappa reads the class order as the grades' order: text grades in words used
+    to sort alphabetically without a word (high < low < mid); G10 sorted before G2."""
+    from wsimm.train._tables import grade_classes
+
+    g = pd.Series(["G10", "G2", "G1", "G2"])
+    assert grade_classes(g, None, "l.csv", "grade") == ["G1", "G2", "G10"]
+    assert grade_classes(pd.Series([3, 1, 2]), None, "l.csv", "grade") == [1, 2, 3]
+    _, store, labels = small_grade
+    lab = pd.read_csv(labels)
+    lab["grade"] = lab["patient_id"].rank(method="dense").astype(int) % 3  # three grades
+    words = {0: "low", 1: "mid", 2: "high"}
+    lab.assign(grade=lab["grade"].map(words)).to_csv(tmp_path / "w.csv", index=False)
+    with pytest.warns(WsimmWarning, match=r"w\.csv: grade classes are words.*high < low < mid"):
+        res = _run(store, tmp_path / "w.csv", tmp_path / "r", task="grade", epochs=1)
+    meta = json.loads((res.out / "fold_0" / "meta.json").read_text())
+    assert meta["classes"] == ["high", "low", "mid"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WsimmWarning)
+        ex = load_examples(
+            TrainConfig(labels=str(tmp_path / "w.csv"), grade_order=["low", "mid", "high"]),
+            None,
+            slides_required=False,
+        )
+    assert ex.classes == ["low", "mid", "high"]
+    # the numeric grade each patient had comes back under its word
+    back = ex.table.set_index("patient_id")["y"]
+    want = lab.groupby("patient_id")["grade"].first()
+    assert (back.loc[want.index] == want).all()
+    with pytest.raises(DataError, match=r"w\.csv: grade value\(s\) mid are not in grade_order"):
+        _run(store, tmp_path / "w.csv", tmp_path / "r2", task="grade", grade_order="low,high")
+    with pytest.raises(ConfigError, match="grade_order must list two or more distinct"):
+        TrainConfig(labels="l.csv", store="s", grade_order=["low", "low"]).validate()
+
+
+def test_a_test_fold_without_a_class_is_named_before_training(small_grade, tmp_path):
+    _, store, labels = small_grade
+    lab = pd.read_csv(labels)
+    rare = lab["patient_id"].iloc[0]
+    lab = lab.assign(grade=np.where(lab["patient_id"] == rare, 2, lab["grade"].clip(0, 1)))
+    lab.to_csv(tmp_path / "l.csv", index=False)
+    with pytest.warns(WsimmWarning, match=r"fold\(s\) \d, \d have no patient of grade 2") as rec:
+        res = _run(store, tmp_path / "l.csv", tmp_path / "r", task="grade", epochs=1)
+    assert "patients per class: 0: " in str(
+        next(w.message for w in rec if "grade 2" in str(w.message))
+    )
+    assert set(res.predictions["patient_id"]) == set(lab["patient_id"])  # all still scored
 
 
 def test_labels_that_match_no_slide_warn_and_list_them(small_grade, tmp_path):

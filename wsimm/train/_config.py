@@ -120,6 +120,8 @@ class TrainConfig:
     task: str = "grade"
     out: str = "run"
     label_col: str = "grade"
+    #: the grade classes in order (text labels such as low, mid, high have none to read)
+    grade_order: list | None = None
     time_col: str = "time"
     event_col: str = "event"
     censorship_col: str | None = None
@@ -201,6 +203,17 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if isinstance(self.clinical_cols, str):
             self.clinical_cols = [c.strip() for c in self.clinical_cols.split(",") if c.strip()]
+        if isinstance(self.grade_order, str):
+            self.grade_order = [c.strip() for c in self.grade_order.split(",") if c.strip()]
+        if self.grade_order is not None and (
+            not isinstance(self.grade_order, list)
+            or len({str(c) for c in self.grade_order}) != len(self.grade_order)
+            or len(self.grade_order) < 2
+        ):
+            raise self.error(
+                "grade_order must list two or more distinct grade classes, lowest first "
+                f"(--grade-order low,mid,high), got {self.grade_order!r}"
+            )
         if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
             raise ConfigError(f"--threads must be a whole number >= 1, got {self.threads!r}")
         if self.fusion_kwargs:  # refused before any fold trains

@@ -23,7 +23,7 @@ from wsimm.train._data import BagSource
 from wsimm.train._fold import json_clean
 from wsimm.train._metrics import METRIC_KEYS, summarise_folds
 from wsimm.train._splits import add_validation, check_splits, load_splits, make_splits
-from wsimm.train._tables import load_examples
+from wsimm.train._tables import load_examples, warn_folds_missing_classes
 
 
 @dataclass
@@ -204,6 +204,8 @@ def _cross_validate(cfg, ex, source, fd, job, device, *, quiet: bool, t0: float)
                 f"{cfg.labels}: fold {k} has no events among its {part} patients; survival "
                 "losses and metrics need some (use fewer --folds)"
             )
+    if cfg.task == "grade":  # a test fold without a class has no AUC: say so before any fold
+        warn_folds_missing_classes(splits, ex, str(cfg.labels))
 
     if job.main:
         out.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -176,10 +178,67 @@ def load_examples(
         )
     classes = None
     if cfg.task == "grade" and has_outcomes:
-        classes = sorted(table["y"].unique().tolist())
-        if len(classes) < 2:
-            raise DataError(
-                f"{src}: {cfg.label_col} has a single class {classes}; nothing to learn"
-            )
+        classes = grade_classes(table["y"], cfg.grade_order, src, cfg.label_col)
         table["y"] = table["y"].map({c: i for i, c in enumerate(classes)}).astype(int)
     return Examples(table=table, slides=slides, classes=classes)
+
+
+def _natural_key(value) -> list:
+    """Text with its runs of digits compared as numbers: G2 before G10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(value))]
+
+
+def grade_classes(y: pd.Series, order: list | None, src: str, col: str) -> list:
+    """The grade classes in the order the grades go (quadratic kappa reads it as one):
+    ``order`` (``grade_order``) when given, matched as text; else numbers by value and text
+    naturally (G2 before G10). Text without digits (low, mid, high) has no order to read, so
+    three or more such classes sort alphabetically with a warning naming the fix."""
+    present = list(pd.unique(y))
+    if order:
+        by_text = {str(c): c for c in present}
+        unknown = sorted(set(by_text) - {str(o) for o in order})
+        if unknown:
+            raise DataError(
+                f"{src}: {col} value(s) {_listing(unknown)} are not in grade_order "
+                f"({', '.join(map(str, order))}); add them to it, or fix the labels"
+            )
+        classes = [by_text[str(o)] for o in order if str(o) in by_text]
+    elif all(isinstance(c, numbers.Number) for c in present):
+        classes = sorted(present)
+    else:
+        classes = sorted(present, key=_natural_key)
+        if len(classes) > 2 and not all(re.search(r"\d", str(c)) for c in classes):
+            warnings.warn(
+                f"{src}: {col} classes are words, taken in alphabetical order "
+                f"({' < '.join(map(str, classes))}), which quadratic kappa reads as the "
+                f"grades' order; give the order with --grade-order (e.g. --grade-order "
+                f"{','.join(map(str, classes))})",
+                WsimmWarning,
+                stacklevel=3,
+            )
+    if len(classes) < 2:
+        raise DataError(f"{src}: {col} has a single class {classes}; nothing to learn")
+    return classes
+
+
+def warn_folds_missing_classes(splits: pd.DataFrame, ex: Examples, src: str) -> None:
+    """Warn when a fold's test patients lack a grade class: its AUC is the macro over the
+    classes it has (undefined, ``null`` in metrics.json, with one), so the folds' AUCs
+    measure different things and the run's mean mixes them."""
+    y = splits.loc[splits["set"] == "test"].merge(ex.table[["patient_id", "y"]], on="patient_id")
+    n_classes = len(ex.classes or [])
+    short = {int(k): sorted(set(range(n_classes)) - set(g["y"])) for k, g in y.groupby("fold")}
+    short = {k: v for k, v in short.items() if v}
+    if short:
+        names = ex.classes or []
+        missing = sorted({names[c] for v in short.values() for c in v}, key=str)
+        counts = ex.table["y"].value_counts()
+        sizes = ", ".join(f"{names[c]}: {int(counts.get(c, 0))}" for c in range(n_classes))
+        warnings.warn(
+            f"{src}: the test patients of fold(s) {_listing(sorted(short))} have no patient of "
+            f"grade {', '.join(map(str, missing))} (patients per class: {sizes}): their AUC "
+            "is over the classes they have (null in metrics.json where one is left), unlike "
+            "the other folds' (use fewer --folds)",
+            WsimmWarning,
+            stacklevel=2,
+        )
