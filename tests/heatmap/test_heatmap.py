@@ -318,6 +318,18 @@ def test_cli_heatmap(tumour_run):
     r = CliRunner().invoke(app, ["heatmap", "--run", str(d / "nope"), "--store", str(d / "s.zarr"),
                                  "--out", str(d / "cli")])  # fmt: skip
     assert r.exit_code == 1 and "not a wsimm run directory" in r.output
+    # options every slide would fail on alike are one error before anything is written (they
+    # were one error per slide, after an empty output folder was made)
+    for extra, said in (
+        (["--fold", "7"], "--fold must be auto, all or one of the run's folds [0, 1, 2]"),
+        (["--scale", "loud"], "--scale must be one of auto, percentile, signed, raw"),
+        (["--slides-dir", str(d / "moved")], "no such folder"),
+    ):
+        out = d / f"cli_{extra[0][2:]}"
+        r = CliRunner().invoke(app, ["heatmap", "--run", str(d / "run"), "--store",
+                                     str(d / "s.zarr"), "--out", str(out), *extra])  # fmt: skip
+        assert r.exit_code == 1 and said in r.output and r.output.count("error:") == 1, r.output
+        assert not out.exists()
 
 
 # ------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 FORMATS = ("png", "tiff", "geojson", "gallery")
+SCALES = ("auto", "percentile", "signed", "raw")
 _TOP = {"name": "wsimm top", "color": [214, 39, 40]}
 _BOTTOM = {"name": "wsimm bottom", "color": [31, 119, 180]}
 
@@ -110,7 +111,7 @@ def _view(ts: TileScores, score: str | None, scale: str, smooth: float, cmap: st
         lo, hi = np.quantile(v, [0.01, 0.99]) if len(v) else (0.0, 1.0)
         return _View(name, v, float(lo), float(hi) if hi > lo else float(lo) + 1.0,
                      cmap or DEFAULT_CMAP, name)  # fmt: skip
-    raise ConfigError(f"--scale must be auto, percentile, signed or raw, got {scale!r}")
+    raise ConfigError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
 
 
 def _field(ts: TileScores, view: _View) -> ScoreField:
@@ -501,8 +502,20 @@ def make_heatmaps(
     fmts = parse_formats(formats)
     if not 0 <= overlap < 1:
         raise ConfigError(f"--overlap {overlap} must be in [0, 1)")
+    scale = export_kwargs.get("scale")
+    if scale is not None and scale not in SCALES:  # once, not once per slide
+        raise ConfigError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    if slides_dir is not None and not Path(slides_dir).is_dir():
+        raise ConfigError(f"--slides-dir {slides_dir}: no such folder")
     dev = resolve_device(device)
     r = load_run(run, dev, fusion=True)
+    if str(fold) not in ("auto", "all"):  # a fold the run lacks fails every slide alike
+        fold_ids = [int(fm.meta["fold"]) for fm in r.folds]
+        if not str(fold).lstrip("-").isdigit() or int(fold) not in fold_ids:
+            raise ConfigError(
+                f"{r.path}: --fold must be auto, all or one of the run's folds {fold_ids}, "
+                f"got {fold!r}"
+            )
     fs = open_store(store)
     have = fs.slides()
     ids = list(slides) if slides else have
