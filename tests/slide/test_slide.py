@@ -183,3 +183,17 @@ def test_find_and_inspect_slides(synthetic_slide, tmp_path):
     assert [r.ok for r in res] == [True, False, False]
     assert res[0].info.width == 4096
     assert "broken.tiff" in res[1].error and "nope.svs" in res[2].error
+
+
+def test_a_folder_of_slide_folders_says_to_pass_them(synthetic_slide, tmp_path):
+    """A GDC download keeps each slide in its own folder: the top folder holds no slide
+    file, and the error says which folders do (it listed slide suffixes only)."""
+    gdc = tmp_path / "gdc"
+    for i in range(3):
+        (gdc / f"uuid-{i}").mkdir(parents=True)
+        (gdc / f"uuid-{i}" / f"S{i}.svs").write_bytes(synthetic_slide.path.read_bytes())
+    (gdc / "logs").mkdir()
+    (gdc / "logs" / "run.log").write_text("x")
+    with pytest.raises(SlideNotFoundError, match=r"gdc: folder holds no slide files; 3 sub-"):
+        find_slides(gdc)
+    assert len(find_slides(sorted(gdc.glob("uuid-*")))) == 3

@@ -244,12 +244,31 @@ def find_slides(paths: list[str | os.PathLike[str]] | str | os.PathLike[str]) ->
             if is_slide_file or (c.is_dir() and _is_dicom_dir(c)):
                 found.append(str(c))
         if not found:
-            raise SlideNotFoundError(
-                f"{p}: folder holds no slide files ({', '.join(SLIDE_SUFFIXES)})"
+            below = _slides_below(q)
+            hint = (
+                f"; {below} sub-folder(s) hold slides (a GDC download keeps each slide in its "
+                f"own folder): pass those folders, e.g. {Path(p) / '*'}"
+                if below
+                else f" ({', '.join(SLIDE_SUFFIXES)})"
             )
+            raise SlideNotFoundError(f"{p}: folder holds no slide files{hint}")
         out.extend(found)
     seen: set[str] = set()
     return [x for x in out if not (x in seen or seen.add(x))]
+
+
+def _slides_below(folder: Path) -> int:
+    """How many sub-folders of ``folder`` (at any depth) hold slide files or are DICOM
+    slides: what to suggest when ``folder`` itself holds none."""
+    n = 0
+    for root, dirs, files in os.walk(folder):
+        here = Path(root)
+        if here == folder:
+            continue
+        if any(Path(f).suffix.lower() in SLIDE_SUFFIXES for f in files) or _is_dicom_dir(here):
+            n += 1
+            dirs.clear()  # a slide's own folder (MRXS data, DICOM instances): not further
+    return n
 
 
 @dataclass(frozen=True)
