@@ -406,6 +406,53 @@ def test_config_file_and_unknown_keys(small_grade, tmp_path):
         TrainConfig.load(tmp_path / "bad.yaml")
 
 
+def test_yaml_numbers_are_numbers(small_grade, tmp_path):
+    """PyYAML reads ``lr: 1e-3`` (YAML 1.1) as the text "1e-3": every fold of such a run
+    failed comparing a number with a string. A config means a number."""
+    _, store, labels = small_grade
+    (tmp_path / "run.yaml").write_text(
+        "lr: 3e-4\nweight_decay: 1E-5\nfusion_kwargs: {contrastive: 1e-1}\n"
+        "tune: {grid: {lr: [1e-4, 2.5e-3]}}\nlabel_col: 1e3x\n"
+    )
+    cfg = TrainConfig.load(tmp_path / "run.yaml")
+    assert cfg.lr == 3e-4 and cfg.weight_decay == 1e-5
+    assert cfg.fusion_kwargs["contrastive"] == 0.1 and cfg.tune["grid"]["lr"] == [1e-4, 2.5e-3]
+    assert cfg.label_col == "1e3x"  # text that only starts like a number stays text
+    (tmp_path / "lr.yaml").write_text("lr: 1e-2\nepochs: 1\nfolds: 2\n")
+    res = train(TrainConfig.load(tmp_path / "lr.yaml", store=str(store), labels=str(labels),
+                                 task="grade", out=str(tmp_path / "r")), quiet=True)  # fmt: skip
+    assert not res.failed and res.metrics["mean"]["auc"] is not None
+
+
+@pytest.mark.parametrize(
+    "setting, said",
+    [
+        ("epochs: ten", "epochs must be a whole number >= 1, got 'ten'"),
+        ("seed: abc", "seed must be a whole number >= 0, got 'abc'"),
+        ("folds: 2.5", "folds must be a whole number >= 1, got 2.5"),
+        ("lr: -1", "lr must be a number >= 0, got -1"),
+        ("normalize: 3", "normalize must be true or false, got 3"),
+        ("model_kwargs: {dropot: 0.2}", "MIL model 'abmil': bad options .*dropot"),
+        ("model_kwargs: {dropout: 2.0}", "MIL model .abmil.: bad options .*dropout probability"),
+        (
+            "tune: {grid: {model_kwargs.dropout: [0.1, 2.0]}}",
+            r"tune.grid candidate \{model_kwargs.dropout: 2.0\}: MIL model",
+        ),
+    ],
+)
+def test_bad_settings_are_one_error_naming_the_file(small_grade, tmp_path, setting, said):
+    """Each used to be an "unexpected TypeError" (a wsimm bug, the CLI said) or a failure of
+    every fold after the run folder was made."""
+    _, store, labels = small_grade
+    config = tmp_path / "run.yaml"
+    config.write_text(f"{setting}\n")
+    out = tmp_path / "r"
+    with pytest.raises(ConfigError, match=f"^{config}: {said}"):
+        train(TrainConfig.load(config, store=str(store), labels=str(labels), task="grade",
+                               out=str(out)), quiet=True)  # fmt: skip
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "option",
     [{"batch_size": 16}, {"multi_slide": "slides"}, {"workers": 4}, {"balance": "sampler"}],

@@ -204,7 +204,7 @@ def create_model(name: str, in_dim: int, n_outputs: int, **kwargs: Any) -> MILMo
     check_model(name)
     try:
         model = _MODELS[name](in_dim, n_outputs, **kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # an unknown option, or a value torch refuses
         raise ConfigError(f"MIL model {name!r}: bad options {kwargs} ({e})") from e
     if model.bag_norm is not None:  # shape BagNorm's statistics (before DDP or a state load)
         model.bag_norm.reset(model.embedding_shape())

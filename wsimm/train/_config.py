@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import numbers
 import os
 from collections.abc import Callable, Iterator
@@ -84,6 +85,57 @@ FUSION_KWARGS: dict[str, _Kind] = {
     "uncertainty": _Kind("true, false or a number of Monte Carlo passes >= 2", lambda v: True),
     "interval": _Kind("a number in (0, 1)", lambda v: _number(v) and 0 < v < 1),
 }
+
+
+#: options of a run with what each must be (checked first: a YAML ``epochs: ten`` was an
+#: "unexpected TypeError"); ranges that depend on other options are checked after
+RUN_OPTION_KINDS: dict[str, _Kind] = {
+    **{k: _COUNT for k in ("folds", "epochs", "batch_size", "n_bins", "graph_batch_size")},
+    **{
+        k: _Kind("a whole number >= 0", lambda v: _whole(v) and v >= 0)
+        for k in ("patience", "restarts", "workers", "seed")
+    },
+    "max_tiles": _Kind(
+        "a whole number >= 1, or unset", lambda v: v is None or (_whole(v) and v >= 1)
+    ),
+    "threads": _Kind(
+        "a whole number >= 1, or unset", lambda v: v is None or (_whole(v) and v >= 1)
+    ),
+    "lr": _Kind("a number >= 0", lambda v: _number(v) and v >= 0),
+    "weight_decay": _Kind("a number >= 0", lambda v: _number(v) and v >= 0),
+    "val_fraction": _Kind("a number in (0, 0.5)", lambda v: _number(v) and 0 < v < 0.5),
+    "normalize": _BOOL,
+    "model_kwargs": _Kind("a mapping of option: value", lambda v: isinstance(v, dict)),
+    "clinical_types": _Kind(
+        "a mapping of column: numeric|categorical", lambda v: isinstance(v, dict)
+    ),
+}
+
+
+def yaml_load(text: str) -> Any:
+    """YAML as a config file means it: ``1e-3`` is a number. PyYAML follows YAML 1.1, where a
+    float needs a dot (``1.0e-3``), and read ``lr: 1e-3`` as the text "1e-3": every fold of
+    such a run failed comparing a number with a string."""
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass
+
+
+@functools.cache
+def _yaml_loader():
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."),
+    )
+    return Loader
 
 
 def check_fusion_kwargs(kw: dict[str, Any]) -> None:
@@ -167,6 +219,9 @@ class TrainConfig:
     source: ClassVar[str | None] = None
 
     def validate(self) -> TrainConfig:
+        for key, kind in RUN_OPTION_KINDS.items():
+            if not kind.test(getattr(self, key)):
+                raise self.error(f"{key} must be {kind.text}, got {getattr(self, key)!r}")
         if self.task not in TASKS:
             raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.fusion not in FUSION_CHOICES:
@@ -191,8 +246,6 @@ class TrainConfig:
             raise ConfigError("wsimm train needs --labels (a table of patients and outcomes)")
         if self.splits is None and self.folds < 2:
             raise ConfigError(f"--folds must be >= 2, got {self.folds}")
-        if not 0.0 < self.val_fraction < 0.5:
-            raise ConfigError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
         for name, value, allowed in (
             ("balance", self.balance, ("weights", "sampler", "none")),
             ("multi_slide", self.multi_slide, ("tiles", "slides")),
@@ -214,8 +267,6 @@ class TrainConfig:
                 "grade_order must list two or more distinct grade classes, lowest first "
                 f"(--grade-order low,mid,high), got {self.grade_order!r}"
             )
-        if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
-            raise ConfigError(f"--threads must be a whole number >= 1, got {self.threads!r}")
         if self.fusion_kwargs:  # refused before any fold trains
             from wsimm.train._uncertainty import UncertaintySpec
 
@@ -227,10 +278,6 @@ class TrainConfig:
             with self.naming_source():
                 check_fusion_kwargs(self.fusion_kwargs)
                 UncertaintySpec.pop_from(dict(self.fusion_kwargs))
-        if not isinstance(self.restarts, int) or self.restarts < 0:
-            raise ConfigError(f"restarts must be a whole number >= 0, got {self.restarts!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.n_bins < 1 or self.graph_batch_size < 1:
-            raise ConfigError("epochs, batch_size, graph_batch_size and n_bins must be >= 1")
         if self.tune is True:
             self.tune = {}
         elif self.tune is False:
@@ -247,8 +294,6 @@ class TrainConfig:
                 f"fusion_kwargs {', '.join(graph_only)} need --fusion graph (got --fusion "
                 f"{self.fusion}); remove them or use the graph fusion"
             )
-        if self.max_tiles is not None and self.max_tiles < 1:
-            raise ConfigError(f"max_tiles must be >= 1 or unset, got {self.max_tiles}")
         return self
 
     def error(self, message: str) -> ConfigError:
@@ -307,7 +352,7 @@ class TrainConfig:
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         try:
-            d = yaml.safe_load(p.read_text()) or {}
+            d = yaml_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({e})") from e
         if not isinstance(d, dict):

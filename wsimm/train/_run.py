@@ -64,6 +64,7 @@ def train(
     """
     t0 = time.perf_counter()
     cfg = (cfg or TrainConfig(**options)).validate()
+    _check_model(cfg)
     if cfg.tune is not None:  # a bad grid, or a candidate it makes, fails before anything
         from wsimm.train._tune import TuneSpec, with_values  # is written
 
@@ -71,7 +72,7 @@ def train(
             spec = TuneSpec.from_config(cfg.tune)
         for values in spec.candidates():
             try:
-                with_values(cfg, values)
+                _check_model(with_values(cfg, values))
             except ConfigError as e:
                 shown = ", ".join(f"{k}: {v!r}" for k, v in values.items())
                 raise cfg.error(f"tune.grid candidate {{{shown}}}: {e}") from None
@@ -80,10 +81,6 @@ def train(
         raise ConfigError(
             f"{out}: already holds a finished run; choose another --out or pass --overwrite"
         )
-    if cfg.fusion == "none" or cfg.store:
-        from wsimm.mil import check_model
-
-        check_model(cfg.model)  # a typo fails before anything is read or written
     created = not out.exists()
     try:
         with _threads(cfg):
@@ -94,6 +91,19 @@ def train(
         if created and out.is_dir() and not (out / "metrics.json").exists():
             shutil.rmtree(out, ignore_errors=True)
         raise
+
+
+def _check_model(cfg: TrainConfig) -> None:
+    """The MIL model's name and ``model_kwargs`` (a typo, ``dropout: 2``), by building it
+    once on made-up sizes: they fail before anything is read or written (they failed every
+    fold, after the run folder was made)."""
+    if cfg.fusion != "none" and not cfg.store:
+        return
+    from wsimm.mil import check_model, create_model
+
+    check_model(cfg.model)
+    with cfg.naming_source():
+        create_model(cfg.model, 16, 2, **cfg.model_kwargs)
 
 
 @contextlib.contextmanager
