@@ -36,7 +36,7 @@ from wsimm.heatmap._render import (
     smooth_scores,
     write_overlay_tiff,
 )
-from wsimm.heatmap._scores import TileScores, tile_scores
+from wsimm.heatmap._scores import TileScores, fold_position, tile_scores
 
 __all__ = [
     "FORMATS",
@@ -84,6 +84,7 @@ class _View:
 
 
 def _view(ts: TileScores, score: str | None, scale: str, smooth: float, cmap: str | None) -> _View:
+    _check_scale(scale)
     name = score or ts.primary
     if name not in ts.scores:
         why = ""
@@ -107,11 +108,14 @@ def _view(ts: TileScores, score: str | None, scale: str, smooth: float, cmap: st
         m = float(np.quantile(np.abs(v), 0.99)) if len(v) else 1.0
         m = m if m > 0 else 1.0
         return _View(name, v, -m, m, cmap or "RdBu_r", f"{name} (red raises, blue lowers)")
-    if scale == "raw":
-        lo, hi = np.quantile(v, [0.01, 0.99]) if len(v) else (0.0, 1.0)
-        return _View(name, v, float(lo), float(hi) if hi > lo else float(lo) + 1.0,
-                     cmap or DEFAULT_CMAP, name)  # fmt: skip
-    raise ConfigError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    lo, hi = np.quantile(v, [0.01, 0.99]) if len(v) else (0.0, 1.0)  # raw
+    return _View(name, v, float(lo), float(hi) if hi > lo else float(lo) + 1.0,
+                 cmap or DEFAULT_CMAP, name)  # fmt: skip
+
+
+def _check_scale(scale: str) -> None:
+    if scale not in SCALES:
+        raise ConfigError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
 
 
 def _field(ts: TileScores, view: _View) -> ScoreField:
@@ -502,20 +506,14 @@ def make_heatmaps(
     fmts = parse_formats(formats)
     if not 0 <= overlap < 1:
         raise ConfigError(f"--overlap {overlap} must be in [0, 1)")
-    scale = export_kwargs.get("scale")
-    if scale is not None and scale not in SCALES:  # once, not once per slide
-        raise ConfigError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    if export_kwargs.get("scale") is not None:  # once, not once per slide
+        _check_scale(export_kwargs["scale"])
     if slides_dir is not None and not Path(slides_dir).is_dir():
         raise ConfigError(f"--slides-dir {slides_dir}: no such folder")
     dev = resolve_device(device)
     r = load_run(run, dev, fusion=True)
     if str(fold) not in ("auto", "all"):  # a fold the run lacks fails every slide alike
-        fold_ids = [int(fm.meta["fold"]) for fm in r.folds]
-        if not str(fold).lstrip("-").isdigit() or int(fold) not in fold_ids:
-            raise ConfigError(
-                f"{r.path}: --fold must be auto, all or one of the run's folds {fold_ids}, "
-                f"got {fold!r}"
-            )
+        fold_position(r, fold)
     fs = open_store(store)
     have = fs.slides()
     ids = list(slides) if slides else have

@@ -336,6 +336,19 @@ def _slide_patient(cfg: Any, slide_id: str) -> str | None:
     return _PATIENTS[key].get(slide_id)
 
 
+def fold_position(run: Any, fold: str | int) -> int:
+    """Index into ``run.folds`` of the fold numbered ``fold`` (a number or its text); one that
+    the run lacks is a ConfigError listing the run's folds."""
+    fold_ids = [int(fm.meta["fold"]) for fm in run.folds]
+    k = str(fold).strip()
+    if not k.lstrip("-").isdigit() or int(k) not in fold_ids:
+        raise ConfigError(
+            f"{run.path}: no fold {fold} in this run; --fold must be auto, all or one of the "
+            f"run's folds {fold_ids}"
+        )
+    return fold_ids.index(int(k))
+
+
 def choose_folds(run: Any, slide_id: str, fold: str | int = "auto") -> tuple[list[int], str | None]:
     """Indices (into ``run.folds``) of the fold models to score a slide with.
 
@@ -348,13 +361,7 @@ def choose_folds(run: Any, slide_id: str, fold: str | int = "auto") -> tuple[lis
     if fold == "all":
         return list(range(len(fold_ids))), pid
     if fold != "auto":
-        try:
-            k = int(fold)
-        except ValueError:
-            raise ConfigError(f"--fold must be auto, all or a fold number, got {fold!r}") from None
-        if k not in fold_ids:
-            raise ConfigError(f"{run.path}: the run has no fold {k} (it has {fold_ids})")
-        return [fold_ids.index(k)], pid
+        return [fold_position(run, fold)], pid
     if pid is not None and (run.path / "splits.csv").is_file():
         sp = pd.read_csv(run.path / "splits.csv", dtype={"patient_id": str})
         hit = sp[(sp["patient_id"] == pid) & (sp["set"] == "test")]

@@ -95,12 +95,10 @@ RUN_OPTION_KINDS: dict[str, _Kind] = {
         k: _Kind("a whole number >= 0", lambda v: _whole(v) and v >= 0)
         for k in ("patience", "restarts", "workers", "seed")
     },
-    "max_tiles": _Kind(
-        "a whole number >= 1, or unset", lambda v: v is None or (_whole(v) and v >= 1)
-    ),
-    "threads": _Kind(
-        "a whole number >= 1, or unset", lambda v: v is None or (_whole(v) and v >= 1)
-    ),
+    **{
+        k: _Kind("a whole number >= 1, or unset", lambda v: v is None or _COUNT.test(v))
+        for k in ("max_tiles", "threads")
+    },
     "lr": _Kind("a number >= 0", lambda v: _number(v) and v >= 0),
     "weight_decay": _Kind("a number >= 0", lambda v: _number(v) and v >= 0),
     "val_fraction": _Kind("a number in (0, 0.5)", lambda v: _number(v) and 0 < v < 0.5),
@@ -254,10 +252,9 @@ class TrainConfig:
         ):
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        if isinstance(self.clinical_cols, str):
-            self.clinical_cols = [c.strip() for c in self.clinical_cols.split(",") if c.strip()]
-        if isinstance(self.grade_order, str):
-            self.grade_order = [c.strip() for c in self.grade_order.split(",") if c.strip()]
+        for key in ("clinical_cols", "grade_order"):  # a flag's "a,b,c" is a list
+            if isinstance(getattr(self, key), str):
+                setattr(self, key, [c.strip() for c in getattr(self, key).split(",") if c.strip()])
         if self.grade_order is not None and (
             not isinstance(self.grade_order, list)
             or len({str(c) for c in self.grade_order}) != len(self.grade_order)

@@ -101,7 +101,7 @@ def _check_model(cfg: TrainConfig) -> None:
         return
     from wsimm.mil import check_model, create_model
 
-    check_model(cfg.model)
+    check_model(cfg.model)  # outside naming_source: --model is usually a flag, not the file's
     with cfg.naming_source():
         create_model(cfg.model, 16, 2, **cfg.model_kwargs)
 
