@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import pickle
 from concurrent.futures import ThreadPoolExecutor
 
@@ -194,6 +195,10 @@ def test_a_folder_of_slide_folders_says_to_pass_them(synthetic_slide, tmp_path):
         (gdc / f"uuid-{i}" / f"S{i}.svs").write_bytes(synthetic_slide.path.read_bytes())
     (gdc / "logs").mkdir()
     (gdc / "logs" / "run.log").write_text("x")
-    with pytest.raises(SlideNotFoundError, match=r"gdc: folder holds no slide files; 3 sub-"):
+    with pytest.raises(SlideNotFoundError, match=r"gdc: folder holds no slide files; 3 sub-") as e:
         find_slides(gdc)
     assert len(find_slides(sorted(gdc.glob("uuid-*")))) == 3
+    # the patterns it suggests name the slides and not the logs folder (gdc/* would take it)
+    suggested = str(e.value).split("e.g. ")[1].split()
+    assert suggested == [str(gdc / "*" / "*.svs")]
+    assert len(find_slides(sorted(x for g in suggested for x in glob.glob(g)))) == 3

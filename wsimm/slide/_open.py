@@ -244,10 +244,10 @@ def find_slides(paths: list[str | os.PathLike[str]] | str | os.PathLike[str]) ->
             if is_slide_file or (c.is_dir() and _is_dicom_dir(c)):
                 found.append(str(c))
         if not found:
-            below = _slides_below(q)
+            below, globs = _slides_below(q)
             hint = (
                 f"; {below} sub-folder(s) hold slides (a GDC download keeps each slide in its "
-                f"own folder): pass those folders, e.g. {Path(p) / '*'}"
+                f"own folder): pass them, e.g. {' '.join(globs)}"
                 if below
                 else f" ({', '.join(SLIDE_SUFFIXES)})"
             )
@@ -257,18 +257,26 @@ def find_slides(paths: list[str | os.PathLike[str]] | str | os.PathLike[str]) ->
     return [x for x in out if not (x in seen or seen.add(x))]
 
 
-def _slides_below(folder: Path) -> int:
+def _slides_below(folder: Path) -> tuple[int, list[str]]:
     """How many sub-folders of ``folder`` (at any depth) hold slide files or are DICOM
-    slides: what to suggest when ``folder`` itself holds none."""
-    n = 0
+    slides, and shell patterns that name those slides alone (``gdc/*/*.svs``: a plain
+    ``gdc/*`` would take a GDC download's ``logs`` folder too, which holds none)."""
+    n, globs = 0, set()
     for root, dirs, files in os.walk(folder):
         here = Path(root)
         if here == folder:
             continue
-        if any(Path(f).suffix.lower() in SLIDE_SUFFIXES for f in files) or _is_dicom_dir(here):
-            n += 1
-            dirs.clear()  # a slide's own folder (MRXS data, DICOM instances): not further
-    return n
+        stars = ["*"] * len(here.relative_to(folder).parts)
+        suffixes = {Path(f).suffix.lower() for f in files} & set(SLIDE_SUFFIXES)
+        if _is_dicom_dir(here):
+            globs.add(str(folder.joinpath(*stars)) + os.sep)
+        elif suffixes:
+            globs.update(str(folder.joinpath(*stars, f"*{x}")) for x in suffixes)
+        else:
+            continue
+        n += 1
+        dirs.clear()  # a slide's own folder (MRXS data, DICOM instances): not further
+    return n, sorted(globs)
 
 
 @dataclass(frozen=True)
